@@ -1,0 +1,1 @@
+"""fpr_plugin.losses."""
