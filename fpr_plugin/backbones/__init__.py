@@ -1,1 +1,36 @@
-"""fpr_plugin.backbones."""
+"""Face-embedding backbones, registered by name (``build_backbone("r50")``)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from fpr_plugin.backbones import iresnet  # noqa: F401  (registers r18 ... r200)
+from fpr_plugin.backbones.iresnet import IRESNET_LAYERS, IResNet
+from fpr_plugin.registry import build_backbone
+
+__all__ = ["IResNet", "IRESNET_LAYERS", "backbone_from_config"]
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def backbone_from_config(cfg: Mapping[str, Any]) -> nn.Module:
+    """Build the backbone a (recipe) config describes.
+
+    Uses ``cfg.network``, ``cfg.embedding_size``, ``cfg.dropout`` (default 0) and
+    the keyword overrides in ``cfg.backbone_params`` (e.g. ``width``, ``stem_stride``).
+    """
+    for key in ("network", "embedding_size"):
+        if _get(cfg, key) is None:
+            raise KeyError(f"config has no {key!r}: cannot build the backbone")
+    params = dict(_get(cfg, "backbone_params", {}) or {})
+    return build_backbone(
+        _get(cfg, "network"),
+        embedding_size=int(_get(cfg, "embedding_size")),
+        dropout=float(_get(cfg, "dropout", 0.0)),
+        **params,
+    )
