@@ -1,0 +1,231 @@
+"""Checkpoint files: atomic per-rank saves, finding the last complete one, RNG state, re-sharding.
+
+Layout under the run's output folder::
+
+    checkpoints/step_00001234/rank_0_of_8.pt ... rank_7_of_8.pt
+    model.pt      backbone state_dict only (for export)
+    config.json   the resolved config
+
+A save is *complete* when every rank's file exists. Every file is written to
+a temporary name and renamed, so a crash never leaves a half-written file
+under a final name. Everything stored is tensors and plain containers, so
+``torch.load(path, weights_only=True)`` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "RESUMABLE_KEYS",
+    "CompleteCheckpoint",
+    "atomic_write",
+    "save_file",
+    "load_file",
+    "checkpoint_path",
+    "complete_checkpoints",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "write_model_and_config",
+    "rng_state",
+    "set_rng_state",
+    "check_compatible",
+    "slice_class_rows",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_RANK_FILE = re.compile(r"^rank_(\d+)_of_(\d+)\.pt$")
+
+# Keys that may differ between a checkpoint and the run resuming it: they do
+# not change the trajectory (paths, logging, how often to save, where to stop).
+RESUMABLE_KEYS = frozenset(
+    {
+        "resume",
+        "output",
+        "rec",
+        "num_workers",
+        "frequent",
+        "save_every",
+        "keep_checkpoints",
+        "max_steps",
+        "tensorboard",
+        "loss_params_skipped",
+    }
+)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` and rename the result to ``path`` (same folder, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_file(obj: Any, path: str | Path) -> None:
+    """``torch.save`` under a temporary name, then rename."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_file(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True`` onto the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_path(output: str | Path, global_step: int, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` of ``world_size`` saves after ``global_step`` steps."""
+    return Path(output) / CHECKPOINT_DIR / f"step_{global_step:08d}" / f"rank_{rank}_of_{world_size}.pt"
+
+
+@dataclass(frozen=True)
+class CompleteCheckpoint:
+    """A save with every rank's file present."""
+
+    global_step: int
+    world_size: int
+    folder: Path
+
+    def rank_file(self, rank: int) -> Path:
+        """The file of ``rank`` in this save."""
+        return self.folder / f"rank_{rank}_of_{self.world_size}.pt"
+
+
+def complete_checkpoints(output: str | Path) -> list[CompleteCheckpoint]:
+    """Every complete save under ``output``, oldest first."""
+    root = Path(output) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        match = _STEP_DIR.match(folder.name)
+        if not match or not folder.is_dir():
+            continue
+        by_world: dict[int, set[int]] = {}
+        for file in folder.iterdir():
+            rank_match = _RANK_FILE.match(file.name)
+            if rank_match:
+                by_world.setdefault(int(rank_match.group(2)), set()).add(int(rank_match.group(1)))
+        for world, ranks in by_world.items():
+            if ranks == set(range(world)):
+                found.append(CompleteCheckpoint(int(match.group(1)), world, folder))
+    return sorted(found, key=lambda c: c.global_step)
+
+
+def latest_checkpoint(output: str | Path) -> CompleteCheckpoint | None:
+    """The most recent complete save, or None."""
+    found = complete_checkpoints(output)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete saves, and incomplete saves older than them."""
+    found = complete_checkpoints(output)
+    if not found:
+        return
+    kept = {c.folder for c in found[-keep:]}
+    newest = found[-1].global_step
+    for folder in (Path(output) / CHECKPOINT_DIR).iterdir():
+        match = _STEP_DIR.match(folder.name)
+        # a newer incomplete save may still be being written by other ranks: leave it
+        if match and folder not in kept and int(match.group(1)) < newest:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_model_and_config(output: str | Path, backbone_state: Mapping[str, torch.Tensor], config: dict) -> None:
+    """Write ``model.pt`` (backbone weights only) and ``config.json`` atomically."""
+    output = Path(output)
+    save_file({k: v.detach().cpu() for k, v in backbone_state.items()}, output / "model.pt")
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
+
+    def write_json(tmp: str) -> None:
+        Path(tmp).write_text(text + "\n", encoding="utf-8")
+
+    atomic_write(output / "config.json", write_json)
+
+
+# ---- random number generators -------------------------------------------------------------
+def rng_state(device: torch.device | None = None) -> dict:
+    """The torch, CUDA, numpy and Python generators' states as tensors and plain values."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            int(np_state["pos"]),
+            int(np_state["has_gauss"]),
+            float(np_state["cached_gaussian"]),
+        )
+    )
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---- resume checks and class re-sharding ----------------------------------------------------
+def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
+    """ValueError naming the first config key (other than RESUMABLE_KEYS) that differs."""
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE_KEYS:
+            continue
+        if key not in saved or key not in current or saved[key] != current[key]:
+            raise ValueError(
+                f"checkpoint {where} does not match this run: key {key!r} was "
+                f"{saved.get(key, '<absent>')!r} there and is {current.get(key, '<absent>')!r} now "
+                "(resume with the same recipe and settings, or use another output folder)"
+            )
+
+
+def slice_class_rows(shards: Sequence[tuple[int, int, torch.Tensor]], start: int, end: int) -> torch.Tensor:
+    """Rows ``[start, end)`` of a class-indexed tensor stored as ``(shard_start, shard_end, rows)`` pieces."""
+    pieces = []
+    for lo, hi, rows in sorted(shards, key=lambda s: s[0]):
+        if rows.shape[0] != hi - lo:
+            raise ValueError(f"shard [{lo}, {hi}) holds {rows.shape[0]} rows")
+        a, b = max(lo, start), min(hi, end)
+        if a < b:
+            pieces.append(rows[a - lo : b - lo])
+    result = torch.cat(pieces) if pieces else None
+    if result is None or result.shape[0] != end - start:
+        raise ValueError(f"the shards do not cover classes [{start}, {end})")
+    return result
