@@ -1,0 +1,177 @@
+"""Batched face embedding with onnxruntime for models exported by fpr_plugin.export.
+
+Input convention (insightface's): RGB, ``(pixel - 127.5) / 127.5``, ``[N, 3, 112, 112]``.
+Images are given as uint8 HWC arrays whose channel order is stated with ``color``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["OnnxEmbedder", "default_providers", "preprocess"]
+
+IMAGE_SIZE = 112
+INPUT_MEAN = 127.5
+INPUT_STD = 127.5
+COLORS = ("bgr", "rgb")
+
+
+def default_providers() -> list[str]:
+    """CUDA then CPU when onnxruntime has CUDA, else CPU only."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _check_color(color: str) -> str:
+    if color not in COLORS:
+        raise ValueError(f"color must be 'bgr' or 'rgb' (the channel order of the images), got {color!r}")
+    return color
+
+
+def preprocess(faces: np.ndarray, color: str, flip: bool = False) -> np.ndarray:
+    """Aligned uint8 faces ``[N, H, W, 3]`` -> normalised RGB float32 ``[N, 3, H, W]``."""
+    rgb = faces[..., ::-1] if _check_color(color) == "bgr" else faces
+    if flip:
+        rgb = rgb[:, :, ::-1]
+    blob = (rgb.astype(np.float32) - INPUT_MEAN) / INPUT_STD
+    return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
+
+
+def _check_face(face: np.ndarray, index: int) -> np.ndarray:
+    face = np.asarray(face)
+    if face.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or face.dtype != np.uint8:
+        raise ValueError(
+            f"images[{index}] must be an aligned {IMAGE_SIZE}x{IMAGE_SIZE}x3 uint8 image, got shape "
+            f"{face.shape} dtype {face.dtype} (use embed_photos for unaligned photos with landmarks)"
+        )
+    return face
+
+
+class OnnxEmbedder:
+    """Embed aligned faces (or photos + 5 landmarks) with an exported ONNX model."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if providers is None:
+            providers = default_providers()
+        unknown = [p for p in providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise ValueError(
+                f"onnxruntime providers {unknown} are not available; available: "
+                f"{ort.get_available_providers()}"
+            )
+        self.model_path = str(path)
+        self.session = ort.InferenceSession(self.model_path, providers=list(providers))
+        self.providers = self.session.get_providers()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = list(inputs[0].shape)
+        if (
+            len(inputs) != 1
+            or len(shape) != 4
+            or shape[1:] != [3, IMAGE_SIZE, IMAGE_SIZE]
+            or inputs[0].type != "tensor(float)"
+        ):
+            described = ", ".join(f"{i.name} {i.shape} {i.type}" for i in inputs)
+            raise ValueError(
+                f"{self.model_path} is not a face-embedding model: expected one float input "
+                f"[N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}], found {described}"
+            )
+        if len(outputs) != 1 or len(outputs[0].shape) != 2 or not isinstance(outputs[0].shape[1], int):
+            described = ", ".join(f"{o.name} {o.shape}" for o in outputs)
+            raise ValueError(
+                f"{self.model_path} is not a face-embedding model: expected one output [N, D], "
+                f"found {described}"
+            )
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.embedding_size: int = outputs[0].shape[1]
+        # A graph exported with a fixed batch runs that batch only; the last one is padded.
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.batch_size = self.fixed_batch or int(batch_size)
+
+    def _forward(self, blob: np.ndarray) -> np.ndarray:
+        count = len(blob)
+        if self.fixed_batch and count < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - count, *blob.shape[1:]), blob.dtype)
+            blob = np.concatenate([blob, pad])
+        (out,) = self.session.run([self.output_name], {self.input_name: blob})
+        return out[:count].astype(np.float32, copy=False)
+
+    def _run(
+        self, count: int, face_at: Callable[[int], np.ndarray], color: str, flip: bool, progress: bool
+    ) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        _check_color(color)
+        embeddings = np.empty((count, self.embedding_size), np.float32)
+        starts = range(0, count, self.batch_size)
+        for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
+            stop = min(start + self.batch_size, count)
+            faces = np.stack([face_at(i) for i in range(start, stop)])
+            out = self._forward(preprocess(faces, color))
+            if flip:  # flip test: emb(img) + emb(horizontally flipped img)
+                out = out + self._forward(preprocess(faces, color, flip=True))
+            embeddings[start:stop] = out
+        return embeddings
+
+    def embed(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        color: str = "bgr",
+        flip: bool = True,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embeddings ``float32 [N, D]`` (not normalised) of aligned 112x112 uint8 faces.
+
+        ``color`` is the channel order of ``images`` ("bgr" as from cv2.imread, or "rgb");
+        ``flip`` adds the embedding of the mirrored face.
+        """
+        return self._run(len(images), lambda i: _check_face(images[i], i), color, flip, progress)
+
+    def embed_photos(
+        self,
+        images: Sequence[np.ndarray],
+        landmarks: np.ndarray | Sequence[np.ndarray],
+        color: str = "bgr",
+        flip: bool = True,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embeddings of unaligned photos, each aligned first from its 5 landmarks ``[N, 5, 2]``
+
+        (eyes, nose, mouth corners in pixels) with insightface's ``face_align.norm_crop``.
+        """
+        from insightface.utils.face_align import norm_crop
+
+        landmarks = np.asarray(landmarks, dtype=np.float32)
+        if landmarks.shape != (len(images), 5, 2):
+            raise ValueError(
+                f"landmarks must have shape [{len(images)}, 5, 2] (one set of 5 (x, y) points per "
+                f"image), got {list(landmarks.shape)}"
+            )
+
+        def aligned(i: int) -> np.ndarray:
+            img = np.asarray(images[i])
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"images[{i}] must be an HxWx3 uint8 photo, got {img.shape} {img.dtype}")
+            return norm_crop(img, landmarks[i], image_size=IMAGE_SIZE)
+
+        return self._run(len(images), aligned, color, flip, progress)
