@@ -1,0 +1,123 @@
+"""Training datasets: InsightFace record sets and image folders, as torch ``Dataset``s.
+
+Each sample is ``(image, label)``: ``image`` a float32 ``[3, H, W]`` RGB tensor normalised to
+``(x / 255 - 0.5) / 0.5`` (randomly flipped left-right when ``random_flip``), ``label`` an int.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fpr_plugin.data.image_folder import scan_image_folder
+from fpr_plugin.data.record_set import read_record_set, record_paths
+from fpr_plugin.data.recordio import IndexedRecordReader, unpack
+
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+__all__ = ["RecordDataset", "ImageFolderDataset", "decode_image", "to_tensor"]
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 ``[H, W, 3]`` array; ``source`` names it in errors."""
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{source}: {len(data)} bytes that OpenCV cannot decode as an image "
+                         "(expected JPEG/PNG/BMP data)")
+    return img[:, :, ::-1]  # BGR -> RGB (a view)
+
+
+def to_tensor(rgb: np.ndarray, flip: bool = False) -> torch.Tensor:
+    """RGB uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in [-1, 1], mirrored left-right if ``flip``."""
+    if flip:
+        rgb = rgb[:, ::-1]
+    chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return chw.float().div_(127.5).sub_(1.0)  # == (x / 255 - 0.5) / 0.5
+
+
+class _FaceDataset(Dataset):
+    """Shared sample path: decode, then ``transform`` (given RGB uint8 HWC) or flip + normalise."""
+
+    def __init__(self, transform: Transform | None, random_flip: bool):
+        self.transform = transform
+        self.random_flip = random_flip
+
+    def _sample(self, data: bytes, source: str) -> torch.Tensor:
+        rgb = decode_image(data, source)
+        if self.transform is not None:
+            return self.transform(np.ascontiguousarray(rgb))
+        # python's `random` is reseeded per DataLoader worker by torch (numpy's is not)
+        return to_tensor(rgb, flip=self.random_flip and random.random() < 0.5)
+
+
+class RecordDataset(_FaceDataset):
+    """Images of an InsightFace record set (a folder with ``train.rec``/``train.idx``/``property``).
+
+    ``transform``, when given, replaces flip + normalise: it receives the RGB uint8 ``[H, W, 3]``
+    array and returns the tensor. Files are opened lazily in each DataLoader worker.
+    """
+
+    def __init__(self, path: str | os.PathLike, transform: Transform | None = None,
+                 random_flip: bool = True):
+        super().__init__(transform, random_flip)
+        rec, idx = record_paths(path)
+        self.reader = IndexedRecordReader(idx, rec)
+        info = read_record_set(path, self.reader)
+        self.num_classes = info.num_classes
+        self.num_image = info.num_image
+        self.image_size = info.image_size
+        self.image_keys = info.image_keys
+        self.reader.close()  # reopened on first read, in whichever process reads
+
+    def __len__(self) -> int:
+        return self.num_image
+
+    def label_of(self, index: int) -> int:
+        """Class id of sample ``index`` (reads the record header only)."""
+        return self._read(index)[0]
+
+    def _read(self, index: int) -> tuple[int, bytes, int]:
+        key = int(self.image_keys[index])
+        header, payload = unpack(self.reader.read_idx(key))
+        label = header.label if isinstance(header.label, numbers.Number) else header.label[0]
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"{self.reader.rec_path}, key {key}: label {label} is outside "
+                             f"[0, num_classes={self.num_classes}) (num_classes from the record set's property)")
+        return label, payload, key
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label, payload, key = self._read(index)
+        return self._sample(payload, f"{self.reader.rec_path}, key {key}"), label
+
+
+class ImageFolderDataset(_FaceDataset):
+    """Aligned face images in ``<group>/<identity>/<image>`` or ``<identity>/<image>`` folders.
+
+    Class ids follow :func:`fpr_plugin.data.image_folder.scan_image_folder` (the same ids
+    ``fpr-build-rec`` gives the same tree).
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Transform | None = None,
+                 random_flip: bool = True):
+        super().__init__(transform, random_flip)
+        folder = scan_image_folder(root)
+        self.root = Path(root)
+        self.samples = folder.images
+        self.identities = folder.identities
+        self.num_classes = folder.num_classes
+        self.num_image = len(self.samples)
+
+    def __len__(self) -> int:
+        return self.num_image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self._sample(path.read_bytes(), str(path)), label
