@@ -102,7 +102,7 @@ DESIGNS: dict[str, tuple[GroupSpec, ...]] = {
         GroupSpec("Common1", _TONES["light"]),
         GroupSpec("Common2", _TONES["olive"]),
         GroupSpec("Common3", _TONES["tan"]),
-        GroupSpec("Rare", _TONES["brown"], colour_spread=0.35, colour_mean=_DARK_HAIR, train_weight=0.25),
+        GroupSpec("Rare", _TONES["brown"], shape_spread=0.6, colour_spread=0.3, colour_mean=_DARK_HAIR, train_weight=0.25),
     ),
     "dense": (
         GroupSpec("Common1", _TONES["light"]),
@@ -475,7 +475,7 @@ def _counted(samples: Iterator[tuple[int, bytes]], bar) -> Iterator[tuple[int, b
         yield sample
 
 
-def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str = "demo", design: str = "rare",
+def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | SizeSpec = "demo", design: str = "rare",
                    overwrite: bool = False, progress: bool = False) -> dict:
     """Generate a synthetic benchmark in ``out_dir`` (train record set, RFW layout, dense set).
 
