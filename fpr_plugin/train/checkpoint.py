@@ -43,6 +43,7 @@ __all__ = [
     "set_rng_state",
     "check_compatible",
     "slice_class_rows",
+    "reshard_state",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -229,3 +230,39 @@ def slice_class_rows(shards: Sequence[tuple[int, int, torch.Tensor]], start: int
     if result is None or result.shape[0] != end - start:
         raise ValueError(f"the shards do not cover classes [{start}, {end})")
     return result
+
+
+def _is_class_rows(value: Any, shard_rows: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == shard_rows
+
+
+def reshard_state(states: Sequence[Mapping[str, Any]], class_start: int, class_end: int) -> dict:
+    """The checkpoint of a rank owning classes ``[class_start, class_end)``, from all ranks of another world size.
+
+    Backbone, schedule and counters come from rank 0 (they are the same on
+    every rank); the head's class-indexed tensors and their optimizer state
+    (momentum) are cut from the saved shards. RNG states are not carried over.
+    """
+    first = states[0]
+    shards = [(int(s["head_shard"]["class_start"]), int(s["head_shard"]["class_end"]), s) for s in states]
+
+    def rows(get: Callable[[Mapping[str, Any]], Any]) -> Any:
+        values = [(lo, hi, get(s)) for lo, hi, s in shards]
+        if all(_is_class_rows(v, hi - lo) for lo, hi, v in values):
+            return slice_class_rows(values, class_start, class_end)
+        return get(first)
+
+    state = dict(first)
+    state["head"] = {key: rows(lambda s, k=key: s["head"][k]) for key in first["head"]}
+    optimizer = {"param_groups": first["optimizer"]["param_groups"], "state": dict(first["optimizer"]["state"])}
+    for pid in first["head_param_ids"]:
+        if pid in first["optimizer"]["state"]:
+            optimizer["state"][pid] = {
+                key: rows(lambda s, k=key, p=pid: s["optimizer"]["state"][p][k])
+                for key in first["optimizer"]["state"][pid]
+            }
+    state["optimizer"] = optimizer
+    state["head_shard"] = {"class_start": class_start, "class_end": class_end,
+                           "num_classes": first["head_shard"]["num_classes"]}
+    state.pop("rng", None)
+    return state

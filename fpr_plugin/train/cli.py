@@ -1,0 +1,80 @@
+"""``fpr-train RECIPE [--loss NAME] [--set key=value ...] [--resume]`` (also ``python -m fpr_plugin.train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of fpr-train."""
+    parser = argparse.ArgumentParser(
+        prog="fpr-train",
+        description=(
+            "Train a face-recognition backbone with a margin loss from the registry "
+            "(cosface, arcface, fpr_penalty, ...). One process, or every process of "
+            "`torchrun --nproc_per_node=N -m fpr_plugin.train ...`."
+        ),
+    )
+    parser.add_argument("recipe", help="recipe file, e.g. recipes/bupt_balancedface_r34.py")
+    parser.add_argument("--loss", help="loss name from the registry; overrides the recipe's `loss`")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key (repeatable), e.g. --set lr=0.05 --set loss_params.alpha=0.5",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and build the model, without training",
+    )
+    return parser
+
+
+def _dry_run(cfg) -> int:
+    from fpr_plugin.train.trainer import build_model
+
+    if cfg.num_classes is None:
+        from fpr_plugin.train.config import fill_from_records
+
+        fill_from_records(cfg)
+    backbone, head, _ = build_model(cfg)
+    params = sum(p.numel() for p in backbone.parameters())
+    print(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    print(f"backbone {cfg.network}: {params / 1e6:.2f}M parameters; classifier {tuple(head.weight.shape)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fpr-train``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from fpr_plugin.train.config import load_config
+
+    overrides = list(args.overrides) + (["resume=True"] if args.resume else [])
+    try:
+        cfg = load_config(args.recipe, loss=args.loss, overrides=overrides)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        print(f"fpr-train: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return _dry_run(cfg)
+    from fpr_plugin.train.trainer import NonFiniteLossError, train
+
+    try:
+        train(cfg)
+    except (FileNotFoundError, FileExistsError, NonFiniteLossError) as exc:
+        print(f"fpr-train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
