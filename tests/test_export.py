@@ -233,3 +233,35 @@ def test_cli_reports_figures_and_errors(run_dir, tmp_path, capsys):
     assert (tmp_path / "cli.onnx").is_file()
     assert main([str(run_dir / "model.pt"), "--output", str(tmp_path / "no" / "x.onnx")]) == 1
     assert "output folder" in capsys.readouterr().err
+
+
+def test_face_analysis_picks_it_up_from_a_model_pack(exported, tmp_path):
+    """~/.insightface/models/<pack>/ with a detector + our file: FaceAnalysis uses ours for recognition.
+
+    No SCRFD weights are available offline, so the detector is a stand-in graph with SCRFD's
+    nine-output layout: this checks loading and routing, not detection.
+    """
+    import shutil
+
+    from insightface.app import FaceAnalysis
+    from onnx import TensorProto, helper
+
+    pack = tmp_path / "models" / "fpr_pack"
+    pack.mkdir(parents=True)
+    shutil.copy(exported[0], pack / "fpr_r18.onnx")
+    nodes = [helper.make_node("GlobalAveragePool", ["input.1"], ["p"]), helper.make_node("Flatten", ["p"], ["f"])]
+    outputs = []
+    for i in range(9):  # scores, boxes, keypoints for strides 8, 16, 32
+        nodes.append(helper.make_node("Identity", ["f"], [f"out{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [1, 3]))
+    graph = helper.make_graph(
+        nodes, "standin_detector",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "h", "w"])], outputs,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(pack / "det_standin.onnx"))
+
+    app = FaceAnalysis(name="fpr_pack", root=str(tmp_path), providers=["CPUExecutionProvider"])
+    recognition = app.models["recognition"]
+    assert recognition.model_file.endswith("fpr_r18.onnx")
+    assert (recognition.input_mean, recognition.input_std) == (127.5, 127.5)
+    assert app.models["detection"].model_file.endswith("det_standin.onnx")
