@@ -122,7 +122,10 @@ def _load_recipe(recipe: str | os.PathLike) -> dict:
             f"--recipe {path} needs fpr_plugin.train.config.load_config, which is not "
             f"available ({exc}); pass the training output's config.json instead"
         ) from exc
-    cfg = dict(load_config(str(path)))
+    try:
+        cfg = dict(load_config(str(path)))
+    except (KeyError, TypeError, ValueError, SyntaxError, ImportError) as exc:
+        raise ValueError(f"recipe {path} could not be loaded: {exc}") from exc
     cfg.setdefault("recipe", path.stem)
     return cfg
 
@@ -221,31 +224,37 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
 # --------------------------------------------------------------------------- checks
 
 
-def sample_images(count: int = 4, seed: int = 0) -> np.ndarray:
-    """``count`` 112x112 BGR uint8 crops of insightface's bundled photos (real pixels)."""
-    images = []
+def _bundled_photos() -> list[np.ndarray]:
+    """insightface's sample photos (BGR), or an empty list when unavailable."""
+    import cv2
+
     try:
         folder = resources.files("insightface") / "data" / "images"
-        import cv2
+    except ModuleNotFoundError:
+        return []
+    photos = []
+    for name in ("t1.jpg", "Tom_Hanks_54745.png"):
+        entry = folder / name
+        if entry.is_file():
+            img = cv2.imdecode(np.frombuffer(entry.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+            if img is not None:
+                photos.append(img)
+    return photos
 
-        for name in ("t1.jpg", "Tom_Hanks_54745.png"):
-            entry = folder / name
-            if entry.is_file():
-                img = cv2.imdecode(np.frombuffer(entry.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-                if img is not None:
-                    images.append(img)
-    except (ModuleNotFoundError, ImportError):
-        images = []
+
+def sample_images(count: int = 4, seed: int = 0) -> np.ndarray:
+    """``count`` 112x112 BGR uint8 crops of insightface's bundled photos (real pixels)."""
+    import cv2
+
+    photos = _bundled_photos()
     rng = np.random.default_rng(seed)
     crops = []
     for i in range(count):
-        if images:
-            img = images[i % len(images)]
+        if photos:
+            img = photos[i % len(photos)]
             h, w = img.shape[:2]
             side = int(rng.integers(min(h, w) // 4, min(h, w) + 1))
             y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            import cv2
-
             crops.append(cv2.resize(img[y:y + side, x:x + side], (IMAGE_SIZE, IMAGE_SIZE)))
         else:  # smooth colour gradients when the photos are unavailable
             yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] / IMAGE_SIZE
@@ -325,8 +334,8 @@ def verify_onnx(
             f"insightface infers input mean/std {recognition.input_mean}/{recognition.input_std}, "
             f"expected {INPUT_MEAN}/{INPUT_STD} (the graph must not start with Sub and Mul nodes)"
         )
-    faces = [img for img in real]  # aligned 112x112 BGR faces, as insightface passes them
-    insight = np.asarray(recognition.get_feat(faces)).reshape(n, -1)
+    # aligned 112x112 BGR faces, as insightface's FaceAnalysis passes them
+    insight = np.asarray(recognition.get_feat(list(real))).reshape(n, -1)
     stats = compare(_torch_embed(model, bgr_to_blob(real)), insight)
     report["insightface"] = {
         "class": type(recognition).__name__,
