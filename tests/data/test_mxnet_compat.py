@@ -30,7 +30,10 @@ for key in reader.keys:
     label = header.label.tolist() if header.flag > 0 else float(header.label)
     out["records"][key] = (int(header.flag), label, int(header.id), int(header.id2), payload)
     if str(key) in decode:
-        _, img = mx.recordio.unpack_img(record)
+        if mx.recordio.cv2 is not None:
+            _, img = mx.recordio.unpack_img(record)
+        else:  # no python cv2 in this env: libmxnet's own OpenCV decoder, BGR like unpack_img
+            img = mx.image.imdecode(payload, flag=1, to_rgb=False).asnumpy()
         out["images"][key] = (img.shape, img.tobytes())
 seq = mx.recordio.MXRecordIO(rec, "r")
 while True:
