@@ -34,7 +34,7 @@ __all__ = [
     "to_plain",
 ]
 
-# Keys whose base value is None: the type a value must have when it is set.
+# Keys that may be None, and the type a value must have when it is set.
 OPTIONAL_TYPES: dict[str, type] = {
     "num_classes": int,
     "num_image": int,
@@ -139,12 +139,12 @@ def _coerce(value: Any, example: Any, key: str, optional_type: type | None = Non
         if isinstance(value, str) and value.lower() in ("bf16", "bfloat16"):
             return "bf16"
         raise ValueError(f"key 'fp16' must be one of {FP16_CHOICES}, got {value!r}")
-    if example is None:
+    if optional_type is not None:
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             return None
-        if optional_type is None:
-            return value
         return _coerce(value, optional_type(), key)
+    if example is None:
+        return value
     if isinstance(example, bool):
         if isinstance(value, bool):
             return value

@@ -1,0 +1,76 @@
+"""Two gloo processes under torchrun follow the one-process trajectory; re-sharding on resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fpr_plugin.train import trainer
+from fpr_plugin.train.checkpoint import CHECKPOINT_DIR, complete_checkpoints, load_file
+from fpr_plugin.train.config import load_config
+
+SETS = ["max_steps=6", "save_every=3", "keep_checkpoints=5", "frequent=1", "num_workers=0"]
+
+
+def _losses(out: Path) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in sorted(records, key=lambda r: r["global_step"])]
+
+
+def _per_rank_batchnorm(monkeypatch, world_size: int) -> None:
+    """Run the one-process backbone on each rank's share of the batch separately.
+
+    DDP (like arcface_torch, and as SyncBatchNorm is CUDA-only) normalises each
+    rank's slice of the batch with that slice's statistics; this is the
+    one-process computation with the same BatchNorm behaviour.
+    """
+    build = trainer.backbone_from_config
+
+    def backbone_from_config(cfg):
+        model = build(cfg)
+        forward = model.forward
+        model.forward = lambda x: torch.cat([forward(part) for part in x.chunk(world_size)])
+        return model
+
+    monkeypatch.setattr(trainer, "backbone_from_config", backbone_from_config)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_reshard(tiny_recipe, tmp_path, monkeypatch):
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "fpr_plugin.train", str(tiny_recipe), "--loss", "fpr_penalty",
+           *[a for s in SETS + [f"output={two}"] for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    _per_rank_batchnorm(monkeypatch, 2)
+    one = tmp_path / "one"
+    trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]))
+    reference = _losses(one)
+    assert len(reference) == 6
+    assert _losses(two) == pytest.approx(reference, rel=1e-4)
+
+    # each rank saved its half of the 8 classes
+    saved = {c.global_step: c for c in complete_checkpoints(two)}
+    assert set(saved) == {3, 4, 6} and saved[3].world_size == 2
+    shards = [load_file(saved[3].rank_file(r))["head_shard"] for r in range(2)]
+    assert [(s["class_start"], s["class_end"]) for s in shards] == [(0, 4), (4, 8)]
+
+    # resume the 2-process checkpoint of step 3 in one process: the classifier is re-sharded
+    merged = tmp_path / "merged"
+    shutil.copytree(saved[3].folder, merged / CHECKPOINT_DIR / saved[3].folder.name)
+    summary = trainer.train(
+        load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={merged}", "resume=True"])
+    )
+    assert summary["resumed_from"] == 3
+    assert _losses(merged) == pytest.approx(reference[3:], rel=1e-4)
