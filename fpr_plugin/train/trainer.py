@@ -35,7 +35,16 @@ from fpr_plugin.train.monitor import GroupFprMeter, TrainingMonitor, get_logger
 from fpr_plugin.train.sampler import GlobalBatchSampler
 from fpr_plugin.train.schedule import StepDecaySchedule
 
-__all__ = ["train", "build_model", "init_head_rows", "derive_seed", "NonFiniteLossError"]
+__all__ = [
+    "train",
+    "build_model",
+    "make_optimizer",
+    "forward_loss",
+    "backward_and_step",
+    "init_head_rows",
+    "derive_seed",
+    "NonFiniteLossError",
+]
 
 HEAD_INIT_BLOCK = 4096  # rows of the classifier initialised from one seed
 
@@ -127,6 +136,46 @@ def _amp_dtype(cfg: Mapping[str, Any], device: torch.device) -> torch.dtype | No
     return torch.float16 if cfg["fp16"] == "fp16" else torch.bfloat16
 
 
+def forward_loss(
+    model: nn.Module,
+    head: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Global-batch mean loss of one step: backbone (under autocast when ``amp_dtype``) then head in float32."""
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        embeddings = model(images)
+    return head.training_loss(embeddings.float(), labels)
+
+
+def backward_and_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    backbone: nn.Module,
+    grad_clip: float | None = None,
+) -> None:
+    """Backward pass, optional clipping of the backbone's gradient norm, optimizer step, zero grads."""
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(backbone.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def make_optimizer(cfg: Mapping[str, Any], backbone: nn.Module, head: nn.Module) -> torch.optim.SGD:
+    """SGD over two parameter groups, backbone then head (the order checkpoints rely on)."""
+    return torch.optim.SGD(
+        [{"params": list(backbone.parameters())}, {"params": list(head.parameters())}],
+        lr=cfg["lr"],
+        momentum=cfg["momentum"],
+        weight_decay=cfg["weight_decay"],
+    )
+
+
 class _Run:
     """State of one training process; :meth:`fit` runs it."""
 
@@ -155,12 +204,7 @@ class _Run:
         self.plain_config = to_plain(cfg)
 
         self.backbone, self.head, self.loss_fn = build_model(cfg, env.device)
-        self.optimizer = torch.optim.SGD(
-            [{"params": list(self.backbone.parameters())}, {"params": list(self.head.parameters())}],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = make_optimizer(cfg, self.backbone, self.head)
         num_backbone = len(self.optimizer.param_groups[0]["params"])
         self.head_param_ids = list(range(num_backbone, num_backbone + len(self.optimizer.param_groups[1]["params"])))
         self.schedule = StepDecaySchedule(
@@ -312,9 +356,7 @@ class _Run:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         lr = self.schedule.apply(self.global_step)
-        with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            embeddings = self.model(images)
-        loss = self.head.training_loss(embeddings.float(), labels)
+        loss = forward_loss(self.model, self.head, images, labels, self.amp_dtype)
         value = float(loss.detach())
         if not math.isfinite(value):
             where = f"epoch {self.epoch}, step {self.step_in_epoch} of the epoch, global step {self.global_step + 1}"
@@ -322,13 +364,7 @@ class _Run:
             raise NonFiniteLossError(
                 f"non-finite loss {value} at {where}; {kept} (lower lr, check the data, or use fp16=False)"
             )
-        self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        backward_and_step(loss, self.optimizer, self.scaler, self.backbone, self.cfg.grad_clip)
         self._record_groups(labels)
         self._last_lr = lr
         return value
