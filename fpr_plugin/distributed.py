@@ -1,0 +1,253 @@
+"""The few torch.distributed collectives the losses and the head need.
+
+Everything here is device-agnostic (gloo on CPU, NCCL on GPUs) and does
+nothing at import time. Two collectives are differentiable:
+
+- :func:`all_gather_rows` concatenates every rank's rows (uneven counts are
+  fine); its backward sums the incoming gradients over ranks and hands each
+  rank the slice of its own rows.
+- :func:`all_reduce_sum` sums partial results over ranks; its backward sums
+  the gradients too. This is the right rule when every rank's autograd graph
+  only holds its own share of d(global loss)/d(output), as in class-sharded
+  training where each rank back-propagates through its own logit columns.
+
+:class:`Layout` says how one training step is split over processes and
+answers the questions the FPR losses ask about the *global* batch: how many
+rows and classes, the per-row sums over class shards, and the k largest
+values over all ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "Layout",
+    "all_gather_rows",
+    "all_reduce_sum",
+    "group_rank",
+    "group_size",
+    "is_distributed",
+    "merge_top_values",
+    "shard_bounds",
+]
+
+ProcessGroup = Any  # torch.distributed.ProcessGroup, or None for the default group
+
+
+def is_distributed(group: ProcessGroup = None) -> bool:
+    """True when torch.distributed is initialised and ``group`` has more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def group_size(group: ProcessGroup = None) -> int:
+    """Number of ranks in ``group`` (1 when torch.distributed is not initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def group_rank(group: ProcessGroup = None) -> int:
+    """This process's rank within ``group`` (0 when torch.distributed is not initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank(group)
+
+
+def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``(start, end)`` of the contiguous class block owned by ``rank``.
+
+    The first ``num_classes % world_size`` ranks own one class more than the
+    others, so the blocks differ in size by at most one.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if num_classes < world_size:
+        raise ValueError(
+            f"num_classes={num_classes} is smaller than the world size {world_size}: "
+            "every rank must own at least one class"
+        )
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def _all_gather_sizes(n: int, device: torch.device, group: ProcessGroup) -> list[int]:
+    size = torch.tensor([n], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(group_size(group))]
+    dist.all_gather(sizes, size, group=group)
+    return [int(s.item()) for s in sizes]
+
+
+class _AllGatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        sizes = _all_gather_sizes(x.shape[0], x.device, group)
+        rank = group_rank(group)
+        ctx.group = group
+        ctx.offset = sum(sizes[:rank])
+        ctx.count = sizes[rank]
+        longest = max(sizes)
+        padded = x
+        if x.shape[0] < longest:
+            padded = x.new_zeros((longest, *x.shape[1:]))
+            padded[: x.shape[0]] = x
+        chunks = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(chunks, padded, group=group)
+        return torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total[ctx.offset : ctx.offset + ctx.count], None
+
+
+def all_gather_rows(x: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """Rows of ``x`` from every rank, concatenated in rank order (differentiable).
+
+    Ranks may hold different numbers of rows. The gradient returned to ``x``
+    is the sum over ranks of the gradient of the gathered tensor, restricted
+    to this rank's rows. Without an initialised process group this returns ``x``.
+    """
+    if not is_distributed(group):
+        return x
+    return _AllGatherRows.apply(x, group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = x.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total, None
+
+
+def all_reduce_sum(x: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """Sum of ``x`` over ranks, differentiable (backward also sums over ranks).
+
+    Without an initialised process group this returns ``x``.
+    """
+    if not is_distributed(group):
+        return x
+    if not x.requires_grad:
+        out = x.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+    return _AllReduceSum.apply(x, group)
+
+
+def merge_top_values(values: torch.Tensor, k: int, group: ProcessGroup = None) -> torch.Tensor:
+    """The ``k`` largest of all ranks' ``values`` (descending, no gradient).
+
+    Each rank passes at most ``k`` values (its own k largest: the global k
+    largest are always among the union of the per-rank k largest). The result
+    holds ``min(k, total count)`` values.
+    """
+    values = values.detach()
+    if values.numel() > k:
+        values = values.topk(k).values
+    if not is_distributed(group):
+        return values.sort(descending=True).values
+    padded = values.new_full((k,), float("-inf"))
+    padded[: values.numel()] = values
+    chunks = [torch.empty_like(padded) for _ in range(group_size(group))]
+    dist.all_gather(chunks, padded, group=group)
+    merged = torch.cat(chunks)
+    merged = merged[merged > float("-inf")]
+    return merged.topk(min(k, merged.numel())).values
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one step's batch and classes are split over processes.
+
+    - ``local``: one process sees the whole batch and all classes.
+    - ``classes``: class-sharded (model parallel). Every rank holds the same
+      (gathered) rows and its own block of ``num_classes`` columns.
+    - ``batch``: data parallel only. Every rank holds all classes and its own
+      rows of the batch.
+
+    The FPR losses ask the layout for global counts and sums so that the
+    threshold ``T_u`` and each row's FPR are those of the global batch.
+    """
+
+    mode: str = "local"
+    group: ProcessGroup = None
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("local", "classes", "batch"):
+            raise ValueError(f"Layout mode must be 'local', 'classes' or 'batch', got {self.mode!r}")
+        if self.mode == "classes" and (self.num_classes is None or self.num_classes < 1):
+            raise ValueError(f"a class-sharded Layout needs num_classes >= 1, got {self.num_classes!r}")
+
+    @classmethod
+    def local(cls) -> "Layout":
+        """Everything on one process."""
+        return cls("local")
+
+    @classmethod
+    def class_sharded(cls, num_classes: int, group: ProcessGroup = None) -> "Layout":
+        """Classes split into contiguous blocks over the ranks of ``group``."""
+        return cls("classes", group, num_classes)
+
+    @classmethod
+    def data_parallel(cls, group: ProcessGroup = None) -> "Layout":
+        """Full classifier on every rank, the batch split over the ranks of ``group``."""
+        return cls("batch", group)
+
+    @property
+    def distributed(self) -> bool:
+        """True when this layout talks to other ranks."""
+        return self.mode != "local" and is_distributed(self.group)
+
+    def global_rows(self, local_rows: int, device: torch.device | None = None) -> int:
+        """Number of samples in the global batch."""
+        if self.mode != "batch" or not self.distributed:
+            return local_rows
+        count = torch.tensor([local_rows], dtype=torch.int64, device=device)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM, group=self.group)
+        return int(count.item())
+
+    def global_classes(self, local_classes: int) -> int:
+        """Number of classes over all shards."""
+        if self.mode == "classes":
+            return int(self.num_classes)  # type: ignore[arg-type]
+        return local_classes
+
+    def sum_over_classes(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Per-row partial sums over this rank's classes -> sums over all classes.
+
+        Differentiable (see :func:`all_reduce_sum`); the identity unless class-sharded.
+        """
+        if self.mode != "classes":
+            return per_row
+        return all_reduce_sum(per_row, self.group)
+
+    def sum_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """Sum of per-rank counts (no gradient); the identity on one process."""
+        if not self.distributed:
+            return counts
+        out = counts.detach().contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out
+
+    def top_values(self, values: torch.Tensor, k: int) -> torch.Tensor:
+        """The ``k`` largest values over all ranks, descending (see :func:`merge_top_values`)."""
+        if not self.distributed:
+            values = values.detach()
+            return values.topk(min(k, values.numel())).values
+        return merge_top_values(values, k, self.group)

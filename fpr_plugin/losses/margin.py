@@ -1,0 +1,187 @@
+"""Margin losses with arcface_torch's ``CombinedMarginLoss`` call contract.
+
+``logits = loss(cos, labels)``: ``cos`` ``[N, C]`` cosines of N samples
+against this rank's classes, ``labels`` the column of each sample's class or
+-1 (class elsewhere: the row stays plain scaled cosines). The result is the
+scaled logits; softmax cross-entropy over all ranks' columns is the loss.
+The caller may overwrite the returned tensor in place: nothing saved for the
+backward pass refers to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fpr_plugin.distributed import Layout
+from fpr_plugin.losses.entries import gather_entries
+from fpr_plugin.losses.validation import check_cosines, check_positive, check_real
+from fpr_plugin.registry import register_loss
+
+__all__ = ["ArcFace", "CombinedMargin", "CosFace", "MarginLoss", "margin_target", "scaled_logits", "target_entries"]
+
+# d theta / d cos is infinite at cos = +-1: sin(theta)^2 is kept >= _SIN2_EPS
+# (a value error below 1e-6) and cosines fed to arccos inside +-(1 - _ACOS_EPS).
+_SIN2_EPS = 1e-12
+_ACOS_EPS = 1e-7
+
+
+def margin_target(cos_y: torch.Tensor, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0) -> torch.Tensor:
+    """Target logit before scaling: ``G(cos) = cos(m1 * theta + m2) - m3``, theta = arccos(cos).
+
+    (m1, m2, m3) = (1, 0, m) is CosFace, (1, m, 0) ArcFace, (m, 0, 0)
+    SphereFace-like. Where ``m1 * theta + m2 > pi`` the cosine would rise
+    again and reward a worse angle; there G continues as
+    ``cos(theta) - cos(theta0) - 1 - m3`` (theta0: where m1*theta0 + m2 = pi),
+    continuous and still decreasing in theta.
+    """
+    if m1 == 1.0 and m2 == 0.0:
+        return cos_y - m3
+    theta0 = (math.pi - m2) / m1
+    if m1 == 1.0:
+        # cos(theta + m2) without arccos.
+        sin_y = torch.sqrt((1.0 - cos_y * cos_y).clamp_min(_SIN2_EPS))
+        angular = cos_y * math.cos(m2) - sin_y * math.sin(m2)
+    else:
+        theta = torch.acos(cos_y.clamp(-1.0 + _ACOS_EPS, 1.0 - _ACOS_EPS))
+        angular = torch.cos(m1 * theta + m2)
+    if theta0 < math.pi:
+        cos_theta0 = math.cos(max(theta0, 0.0))
+        angular = torch.where(cos_y < cos_theta0, cos_y - cos_theta0 - 1.0, angular)
+    return angular - m3
+
+
+def target_entries(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)`` of the target entries: rows with a label >= 0 and their columns."""
+    rows = (labels >= 0).nonzero().squeeze(1)
+    return rows, labels[rows]
+
+
+class _ScaledLogits(torch.autograd.Function):
+    """``scale * (cos + row_shift)`` with the target entries replaced by ``scale * target``."""
+
+    @staticmethod
+    def forward(ctx, cos, target, row_shift, rows, cols, scale):  # type: ignore[override]
+        if row_shift is None:
+            out = cos * scale
+        else:
+            out = torch.add(row_shift.unsqueeze(1) * scale, cos, alpha=scale)
+        out[rows, cols] = target.to(out.dtype) * scale
+        ctx.save_for_backward(rows, cols)
+        ctx.scale = scale
+        ctx.shape = cos.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        rows, cols = ctx.saved_tensors
+        scale = ctx.scale
+        grad_at_target = grad[rows, cols]
+        grad_cos = grad_target = grad_shift = None
+        if ctx.needs_input_grad[0]:
+            grad_cos = grad * scale
+            grad_cos[rows, cols] = 0
+        if ctx.needs_input_grad[1]:
+            grad_target = grad_at_target * scale
+        if ctx.needs_input_grad[2]:
+            row_sums = grad.sum(dim=1)
+            grad_shift = (row_sums.index_add(0, rows, -grad_at_target)) * scale
+        return grad_cos, grad_target, grad_shift, None, None, None
+
+
+def scaled_logits(
+    cos: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    target: torch.Tensor,
+    scale: float,
+    row_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scaled logits: ``scale * (cos[i, j] + row_shift[i])``, and ``scale * target`` at (rows, cols).
+
+    One pass over the matrix forward and one backward, and nothing that
+    refers to the result is saved (the caller may overwrite it in place).
+    """
+    return _ScaledLogits.apply(cos, target, row_shift, rows, cols, scale)
+
+
+class MarginLoss(torch.nn.Module):
+    """Base of every loss here: scale ``s``, the target transform, stats and layout.
+
+    ``layout`` (a :class:`fpr_plugin.distributed.Layout`) says how the batch
+    and classes are split over processes; :class:`fpr_plugin.heads.ClassifierHead`
+    sets it. ``last_stats`` (plain floats) and ``last_instance_fpr`` describe
+    the last call (empty / None for pure margin losses).
+    """
+
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = check_positive("s", s)
+        self.layout = Layout.local()
+        self.last_stats: dict[str, float] = {}
+        self.last_instance_fpr: torch.Tensor | None = None
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        """``G(cos_y)`` before scaling."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        cos: torch.Tensor,
+        labels: torch.Tensor,
+        norm_embeddings: torch.Tensor | None = None,
+        norm_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scaled logits ``[N, C]`` for cosines ``cos`` and column labels (-1: not here)."""
+        labels = check_cosines(cos, labels)
+        rows, cols = target_entries(labels)
+        target = self.target_logit(gather_entries(cos, rows, cols))
+        return scaled_logits(cos, rows, cols, target, self.s)
+
+
+@register_loss("combined")
+class CombinedMargin(MarginLoss):
+    """arcface_torch's combined margin: target logit ``s * (cos(m1 * theta + m2) - m3)``."""
+
+    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
+        super().__init__(s)
+        self.m1 = check_positive("m1", m1)
+        self.m2 = check_real("m2", m2)
+        self.m3 = check_real("m3", m3)
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        return margin_target(cos_y, self.m1, self.m2, self.m3)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+
+
+@register_loss("cosface")
+class CosFace(MarginLoss):
+    """CosFace (additive cosine margin): target logit ``s * (cos - m)``."""
+
+    def __init__(self, s: float = 64.0, m: float = 0.35) -> None:
+        super().__init__(s)
+        self.m = check_real("m", m)
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        return cos_y - self.m
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, m={self.m}"
+
+
+@register_loss("arcface")
+class ArcFace(MarginLoss):
+    """ArcFace (additive angular margin): target logit ``s * cos(theta + m)`` (see :func:`margin_target`)."""
+
+    def __init__(self, s: float = 64.0, m: float = 0.5) -> None:
+        super().__init__(s)
+        self.m = check_real("m", m)
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        return margin_target(cos_y, 1.0, self.m, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, m={self.m}"
