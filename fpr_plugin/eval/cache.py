@@ -49,7 +49,7 @@ def cached_embeddings(cache_dir: str | os.PathLike, model_sha256: str, dataset_k
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
-        except ValueError:
+        except (ValueError, OSError, EOFError):  # not an .npy file: recompute
             cached = None
         if cached is not None and cached.ndim == 2 and cached.shape[0] == expected_rows:
             return cached, True

@@ -113,10 +113,13 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
 
 
 def roc_at_fprs(fpr: np.ndarray, tpr: np.ndarray, grid: Sequence[float]) -> np.ndarray:
-    """Best TPR among ROC points with FPR <= each grid value (exact ROC values, for compact curves)."""
+    """Best TPR among ROC points with FPR <= each grid value (exact ROC values, for compact curves).
+
+    A relative slack of 1e-9 keeps grid values computed as e.g. ``10**log10(1/n)`` from missing ``1/n``.
+    """
     fpr, tpr = np.asarray(fpr, float), np.asarray(tpr, float)
     best = np.maximum.accumulate(tpr)  # fpr is non-decreasing along the curve
-    idx = np.searchsorted(fpr, np.asarray(grid, float), side="right") - 1
+    idx = np.searchsorted(fpr, np.asarray(grid, float) * (1.0 + 1e-9), side="right") - 1
     return np.where(idx >= 0, best[np.maximum(idx, 0)], 0.0)
 
 

@@ -1,0 +1,241 @@
+"""Evaluation report: ``report.json`` (every number), ``report.md`` (the paper's tables), PNG plots.
+
+The input is the nested dict built by :mod:`fpr_plugin.eval.cli`::
+
+    {"fprs": [...], "bias_degree": "std_over_f",
+     "models": {label: {"model": path, "sha256": hex,
+                        "datasets": {name: {"pairs": {...} | None, "dense": {...} | None, ...}}}}}
+
+Several models side by side (``--compare``) share every table (one row per
+model) and every figure (one panel per model).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SUMMARY_LABELS = {"std_over_f": "std_g(FPR_g)/f", "max_min_ratio": "max/min FPR", "gini": "Gini FP differential"}
+
+
+# --------------------------------------------------------------------------- writing helpers
+def to_jsonable(obj: Any) -> Any:
+    """Plain-JSON copy: numpy scalars/arrays to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- Markdown
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.{digits}f}"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3g}" if abs(x) < 1e-2 or abs(x) >= 1e4 else f"{x:.3f}"
+
+
+def _fmt_f(f: float) -> str:
+    return f"{f:.0e}".replace("e-0", "e-")
+
+
+def _accuracy_table(models: dict, dataset: str) -> list[str]:
+    rows = [(label, m["datasets"][dataset]["pairs"]["accuracy"]) for label, m in models.items()
+            if m["datasets"].get(dataset, {}).get("pairs")]
+    if not rows:
+        return []
+    groups = list(rows[0][1]["groups"])
+    lines = [f"Accuracy (%), 10-fold (threshold chosen on the other folds), per group; Std is ddof=1.", "",
+             "| model | " + " | ".join(groups) + " | Avg | Std |", "|---" * (len(groups) + 3) + "|"]
+    for label, acc in rows:
+        cells = [_pct(acc["groups"].get(g, {}).get("accuracy")) for g in groups]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_pct(acc['avg'])} | {_pct(acc['std'])} |")
+    return lines + [""]
+
+
+def _bias_table(models: dict, dataset: str, protocol: str, summary: str) -> list[str]:
+    rows = [(label, m["datasets"][dataset][protocol]["at_fpr"]) for label, m in models.items()
+            if m["datasets"].get(dataset, {}).get(protocol)]
+    if not rows:
+        return []
+    fprs = [r["target_fpr"] for r in rows[0][1]]
+    lines = ["| model | " + " | ".join(_fmt_f(f) for f in fprs) + " |", "|---" * (len(fprs) + 1) + "|"]
+    for label, at in rows:
+        cells = []
+        for r in at:
+            if not r["measurable"]:
+                cells.append("not measurable")
+            else:
+                cells.append(_num((r["summaries"] or {}).get(summary)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _detail_table(models: dict, dataset: str, protocol: str) -> list[str]:
+    rows = [(label, m["datasets"][dataset][protocol]["at_fpr"]) for label, m in models.items()
+            if m["datasets"].get(dataset, {}).get(protocol)]
+    if not rows:
+        return []
+    groups = list(rows[0][1][0]["groups"])
+    lines = ["Group FPR (TPR) at the global threshold; * = fewer than 10 expected false positives "
+             "(see the 95 % Wilson intervals in report.json).", "",
+             "| model | overall FPR | threshold | " + " | ".join(groups) + " | std/f | max/min | Gini |",
+             "|---" * (len(groups) + 6) + "|"]
+    for label, at in rows:
+        for r in at:
+            if not r["measurable"]:
+                lines.append(f"| {label} | {_fmt_f(r['target_fpr'])} | not measurable (< 1/{r['n_impostor']}) | "
+                             + " | ".join("" for _ in groups) + " | | | |")
+                continue
+            cells = []
+            for g in groups:
+                gr = r["groups"][g]
+                cells.append(f"{gr['fpr']:.2e} ({100 * gr['tpr']:.1f}%)" + ("*" if gr["low_count"] else ""))
+            s = r["summaries"] or {}
+            lines.append(f"| {label} | {_fmt_f(r['target_fpr'])} | {r['threshold']:.4f} | " + " | ".join(cells)
+                         + f" | {_num(s.get('std_over_f'))} | {_num(s.get('max_min_ratio'))} | {_num(s.get('gini'))} |")
+    return lines + [""]
+
+
+def render_markdown(report: dict, figures: dict[str, list[str]] | None = None) -> str:
+    """The Markdown report: per data set, the accuracy table, the bias-degree tables and the per-group details."""
+    models = report["models"]
+    bias = report.get("bias_degree", "std_over_f")
+    datasets = list(dict.fromkeys(d for m in models.values() for d in m["datasets"]))
+    out = ["# Fairness evaluation", "",
+           "| model | file | sha256 |", "|---|---|---|"]
+    out += [f"| {label} | `{m['model']}` | `{m['sha256'][:16]}` |" for label, m in models.items()]
+    out += ["", f"**Bias degree** = {SUMMARY_LABELS[bias]} at the global threshold that gives overall FPR f "
+            "(lower is better); max/min and the Gini form of the ISO/IEC 19795-10 false-positive "
+            "differential are in the detail tables.", ""]
+    for dataset in datasets:
+        out += [f"## {dataset}", ""]
+        notes = [n for m in models.values() for n in m["datasets"].get(dataset, {}).get("notes", [])]
+        out += [f"> {n}" for n in dict.fromkeys(notes)] + ([""] if notes else [])
+        out += _accuracy_table(models, dataset)
+        for protocol, title in (("pairs", "pair list"), ("dense", "dense, all within-group impostor pairs")):
+            table = _bias_table(models, dataset, protocol, bias)
+            if table:
+                out += [f"### Bias degree ({SUMMARY_LABELS[bias]}), {title}", ""] + table
+                out += [f"#### Per group, {title}", ""] + _detail_table(models, dataset, protocol)
+        for fig in (figures or {}).get(dataset, []):
+            out += [f"![{fig}]({fig})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- figures
+def _figure(n_panels: int):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0 * n_panels, 4.2), dpi=100)
+    axes = fig.subplots(1, n_panels, squeeze=False, sharey=True)[0]
+    return fig, axes
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    _write_atomic(path, lambda handle: fig.savefig(handle, format="png"), mode="wb")
+
+
+def plot_roc(models: dict, dataset: str, protocol: str, path: Path) -> bool:
+    """ROC per group (log FPR axis), one panel per model. Returns False when there is nothing to plot."""
+    panels = [(label, m["datasets"][dataset][protocol]) for label, m in models.items()
+              if m["datasets"].get(dataset, {}).get(protocol) and m["datasets"][dataset][protocol].get("roc")]
+    if not panels:
+        return False
+    fig, axes = _figure(len(panels))
+    for ax, (label, data) in zip(axes, panels):
+        for group, curve in data["roc"].items():
+            fpr, tpr = np.asarray(curve["fpr"], float), np.asarray(curve["tpr"], float)
+            keep = fpr > 0
+            ax.plot(fpr[keep], tpr[keep], label=group)
+        ax.set_xscale("log")
+        ax.set_xlabel("false positive rate (group)")
+        ax.set_title(f"{label}: {dataset} ({protocol})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("true positive rate")
+    _save_figure(fig, path)
+    return True
+
+
+def plot_fpr_vs_threshold(models: dict, dataset: str, protocol: str, path: Path) -> bool:
+    """Each group's FPR against the global threshold (log FPR), with the thresholds at the target FPRs marked."""
+    panels = [(label, m["datasets"][dataset][protocol]) for label, m in models.items()
+              if m["datasets"].get(dataset, {}).get(protocol)]
+    if not panels:
+        return False
+    fig, axes = _figure(len(panels))
+    for ax, (label, data) in zip(axes, panels):
+        for group, curve in data["fpr_vs_threshold"].items():
+            thr, fpr = np.asarray(curve["threshold"], float), np.asarray(curve["fpr"], float)
+            keep = fpr > 0
+            ax.plot(thr[keep], fpr[keep], label=group)
+        for r in data["at_fpr"]:
+            if r["measurable"]:
+                ax.axvline(r["threshold"], color="grey", lw=0.6, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("global similarity threshold")
+        ax.set_title(f"{label}: {dataset} ({protocol})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    axes[0].set_ylabel("group false positive rate")
+    _save_figure(fig, path)
+    return True
+
+
+def write_report(report: dict, output_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.json``, the PNG figures and ``report.md`` into ``output_dir``; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = to_jsonable(report)
+    models = report["models"]
+    written: dict[str, Path] = {}
+    figures: dict[str, list[str]] = {}
+    datasets = list(dict.fromkeys(d for m in models.values() for d in m["datasets"]))
+    for dataset in datasets:
+        for protocol in ("pairs", "dense"):
+            for kind, plot in (("roc", plot_roc), ("fpr_vs_threshold", plot_fpr_vs_threshold)):
+                name = f"{dataset}_{protocol}_{kind}.png"
+                if plot(models, dataset, protocol, output_dir / name):
+                    figures.setdefault(dataset, []).append(name)
+                    written[name] = output_dir / name
+    _write_atomic(output_dir / "report.json", lambda h: json.dump(report, h, indent=1, allow_nan=False))
+    _write_atomic(output_dir / "report.md", lambda h: h.write(render_markdown(report, figures)))
+    written["report.json"] = output_dir / "report.json"
+    written["report.md"] = output_dir / "report.md"
+    return written
