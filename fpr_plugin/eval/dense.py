@@ -58,13 +58,12 @@ class DenseResult:
 class _TopK:
     """Running buffer of the ``k`` largest values seen (with a small integer tag each)."""
 
-    def __init__(self, k: int, dtype: np.dtype):
+    def __init__(self, k: int):
         self.k = k
         self.bound = -np.inf  # every value <= bound can never enter the final top k
         self._vals: list[np.ndarray] = []
         self._tags: list[np.ndarray] = []
         self._size = 0
-        self._dtype = dtype
         self._limit = max(2 * k, 1 << 16)
 
     def add(self, values: np.ndarray, tag: int) -> None:
@@ -187,7 +186,7 @@ def dense_fairness(embeddings: Any, identities: Any, groups: Any, fprs: Sequence
             raise ValueError(f"group {name!r} has {ng} genuine and {ni} impostor pairs; the dense protocol needs both")
     total_imp = sum(n_imp)
     ranks = [rank_at_fpr(f, total_imp) for f in fprs]
-    top = _TopK(min(max(ranks) + 1, total_imp), x.dtype)
+    top = _TopK(min(max(ranks) + 1, total_imp))
     gen_scores, gen_groups = [], []
 
     for g, i0, i1, j0, j1 in iter_tiles(bounds, chunk_size):

@@ -99,7 +99,7 @@ def test_dense_float32_stays_float32_and_close():
 @pytest.mark.parametrize("first_size", [10, 500])
 def test_topk_buffer_against_sort(first_size):
     rng = np.random.default_rng(3)
-    top = dense._TopK(50, np.float64)
+    top = dense._TopK(50)
     top._limit = 120  # force many shrinks; a first array of 500 takes the in-place partition path
     first = rng.integers(0, 30, size=first_size).astype(float)
     first[:5] = -np.inf  # masked entries never count
