@@ -163,7 +163,7 @@ def _decode_at(buf, offset: int, source: Path, key=None) -> tuple[bytes, int]:
                 + (" (does the .idx belong to this .rec? rebuild it with `fpr-build-rec --reindex`)"
                    if key is not None else ""))
         cflag, length = word >> _LENGTH_BITS, word & _LENGTH_MASK
-        if first and cflag not in (_WHOLE, _FIRST) or not first and cflag not in (_MIDDLE, _LAST):
+        if (first and cflag not in (_WHOLE, _FIRST)) or (not first and cflag not in (_MIDDLE, _LAST)):
             expected = "0 or 1 (start of a record)" if first else "2 or 3 (continuation)"
             raise RecordFormatError(
                 f"unexpected continuation flag {cflag} in {where}, part at offset {pos}: expected {expected}")
@@ -232,35 +232,42 @@ def rebuild_index(rec_path: str | os.PathLike, idx_path: str | os.PathLike | Non
 
 # --------------------------------------------------------------------------- index file
 
-def _parse_index_slowly(text: str, idx_path: Path) -> None:
-    """Find the first malformed line of an index whose fast parse failed, and raise about it."""
+def _parse_index(text: str, idx_path: Path) -> np.ndarray:
+    """``[n, 2]`` int64 (key, offset) rows of an index file's text; names the first bad line."""
+    try:  # fast path: the whole file as one run of integers, two per line
+        values = np.fromstring(text, dtype=np.int64, sep=" ")
+        lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+        if values.size == 2 * lines:
+            return values.reshape(-1, 2)
+    except ValueError:
+        pass
+    rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        fields = line.strip().split("\t")
-        if len(fields) != 2 or not all(f.strip().lstrip("-").isdigit() for f in fields):
+        fields = line.split()
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            rows.append((int(fields[0]), int(fields[1])))
+        except ValueError:
             raise RecordFormatError(
                 f"{idx_path}, line {number}: expected 'key<TAB>offset' with integers, got {line!r} "
-                "(rebuild the index with `fpr-build-rec --reindex`)")
-    raise RecordFormatError(f"{idx_path}: could not parse the index")
+                "(rebuild the index with `fpr-build-rec --reindex`)") from None
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def read_index(idx_path: str | os.PathLike, rec_size: int | None = None,
                rec_path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse a ``.idx`` file into ``(keys, offsets)`` int64 arrays in file order, checking offsets."""
     idx_path = Path(idx_path)
-    text = idx_path.read_text(encoding="ascii", errors="replace")
-    try:
-        values = np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        _parse_index_slowly(text, idx_path)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if values.size != 2 * len(lines):
-        _parse_index_slowly(text, idx_path)
-    keys, offsets = values[0::2].copy(), values[1::2].copy()
-    if keys.size and np.unique(keys).size != keys.size:
-        uniq, counts = np.unique(keys, return_counts=True)
-        raise RecordFormatError(f"{idx_path}: key {int(uniq[counts > 1][0])} is listed more than once")
+    rows = _parse_index(idx_path.read_text(encoding="ascii", errors="replace"), idx_path)
+    keys, offsets = rows[:, 0].copy(), rows[:, 1].copy()
+    if not np.array_equal(keys, np.arange(keys.size)):  # keys 0..n-1 in order cannot repeat
+        ordered = np.sort(keys)
+        repeated = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if repeated.size:
+            raise RecordFormatError(f"{idx_path}: key {int(ordered[repeated[0]])} is listed more than once")
     if rec_size is not None and offsets.size:
         bad = np.flatnonzero((offsets < 0) | (offsets >= rec_size))
         if bad.size:

@@ -204,3 +204,12 @@ def test_short_header_and_label_array(tmp_path):
         unpack(b"\0" * 10)
     with pytest.raises(RecordFormatError, match="3 float labels"):
         unpack(struct.pack("<IfQQ", 3, 0.0, 0, 0) + b"\0" * 8)
+
+
+def test_index_with_a_repeated_key(tmp_path):
+    idx, rec = write_set(tmp_path, [b"abcd", b"efgh"])
+    idx.write_text("1\t0\n\n1\t12\n")
+    with pytest.raises(RecordFormatError, match=r"t\.idx: key 1 is listed more than once"):
+        IndexedRecordReader(idx, rec)
+    idx.write_text("1\t12\n\n0\t0\n")  # blank lines and any key order are fine
+    assert IndexedRecordReader(idx, rec).read_idx(1) == b"efgh"
