@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -143,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels = model_labels(paths)
         sets = load_sets(args)
         report = {"fprs": list(args.fpr), "bias_degree": "std_over_f", "models": {}}
-        for label, path in labels.items():
-            report["models"][label] = evaluate_model(label, path, build_embedder(path, args), sets, args)
+        with warnings.catch_warnings():
+            # insightface's norm_crop calls a scikit-image method deprecated in 0.26, once per image
+            warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")
+            for label, path in labels.items():
+                report["models"][label] = evaluate_model(label, path, build_embedder(path, args), sets, args)
         written = write_report(report, args.output)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fpr-eval: error: {exc}", file=sys.stderr)
