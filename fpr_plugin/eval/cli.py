@@ -36,10 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="report folder (also holds the embedding cache)")
     p.add_argument("--fpr", type=float, nargs="+", default=list(DEFAULT_FPRS), help="overall FPRs (default 1e-7..1e-2)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense protocol on --rfw/--bfw images")
-    p.add_argument("--chunk-size", type=int, default=2048, help="dense tile size (working memory about 3 tiles of chunk^2 float32)")
+    p.add_argument("--chunk-size", type=int, default=2048,
+                   help="dense tile size (working memory about 3 tiles of chunk^2 float32)")
     p.add_argument("--batch-size", type=int, default=64, help="images per onnxruntime call")
     p.add_argument("--no-flip", action="store_true", help="embed without the flip test (default: emb(img)+emb(flip))")
-    p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers (default: CUDA if available, else CPU)")
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="onnxruntime providers (default: CUDA if available, else CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
