@@ -330,7 +330,8 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
         else:
             raise ValueError(f"{path}: image {i} is {type(item).__name__}, expected encoded image bytes")
     issame = np.asarray(flags)
-    if issame.ndim != 1 or not (issame.dtype == bool or (issame.dtype.kind in "iu" and np.all((issame == 0) | (issame == 1)))):
+    binary = issame.dtype == bool or (issame.dtype.kind in "iu" and np.all((issame == 0) | (issame == 1)))
+    if issame.ndim != 1 or not binary:
         raise ValueError(f"{path}: same-person flags must be a list of booleans, got {issame.dtype} {issame.shape}")
     if len(images) != 2 * issame.shape[0]:
         raise ValueError(f"{path}: {len(images)} images for {issame.shape[0]} pairs; expected 2 images per pair")
