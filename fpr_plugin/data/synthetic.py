@@ -120,7 +120,7 @@ DESIGNS: dict[str, tuple[GroupSpec, ...]] = {
 
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec(train_identities=8, train_images=4, test_identities=20, test_images=3, pairs_per_fold=3),
-    "demo": SizeSpec(train_identities=120, train_images=10, test_identities=50, test_images=6, pairs_per_fold=30),
+    "demo": SizeSpec(train_identities=120, train_images=10, test_identities=100, test_images=6, pairs_per_fold=60),
 }
 
 

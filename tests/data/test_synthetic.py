@@ -36,7 +36,7 @@ def test_rare_group_has_a_quarter_of_the_training_identities():
     bench = syn.build_benchmark(0, "demo", "rare")
     per_group = Counter(identity.group for identity in bench.train)
     assert per_group == {"Common1": 120, "Common2": 120, "Common3": 120, "Rare": 30}
-    assert Counter(identity.group for identity in bench.test) == {g: 50 for g in per_group}
+    assert Counter(identity.group for identity in bench.test) == {g: 100 for g in per_group}
 
 
 def test_spread_controls_how_alike_identities_are():

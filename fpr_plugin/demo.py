@@ -1,0 +1,165 @@
+"""``fpr-demo``: the whole product on synthetic data, in minutes on a CPU.
+
+Steps, each shown as it runs: (1) draw the synthetic demographic benchmark
+(:mod:`fpr_plugin.data.synthetic`); (2) train a CosFace baseline and the FPR
+penalty with the same recipe (``recipes/synthetic_demo.py``) and seed; (3) export
+both to ONNX; (4) evaluate both side by side with ``fpr-eval --compare`` on the
+RFW-layout pairs and the dense all-pairs set. Everything lands in one folder::
+
+    OUT/data/                 the benchmark (train record set, rfw/, dense/)
+    OUT/runs/<loss>/          training output: config.json, model.pt, checkpoints, metrics.jsonl
+    OUT/models/<loss>.onnx    exported embedding networks
+    OUT/report/               report.md, report.json, plots
+    OUT/demo.json             seeds, sizes, stage timings, paths
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_LOSSES = ("cosface", "fpr_penalty")
+
+#: Recipe overrides per demo size: "tiny" is a smoke test of the pipeline (seconds), not a result. Its batches
+#: hold 32 x 25 negative cosines: gamma_u 1e-4 would give the threshold rank k = 1, where no entry lies strictly
+#: above the threshold and the penalty is exactly zero, so tiny raises gamma_u to keep the penalty active.
+SIZE_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "tiny": ("num_epoch=1", "batch_size=32", "lr_steps=[]", "warmup_epoch=0.0", "frequent=1",
+             "loss_params.fpr_penalty.gamma_u=0.02"),
+    "demo": (),
+}
+
+
+def default_recipe() -> Path:
+    """``recipes/synthetic_demo.py`` of this checkout (the package is installed in place, ``pip install -e .``)."""
+    return Path(__file__).resolve().parents[1] / "recipes" / "synthetic_demo.py"
+
+
+def _stage(number: int, total: int, text: str) -> None:
+    print(f"\n[{number}/{total}] {text}", flush=True)
+
+
+def _prepare_data(data_dir: Path, seed: int, size: str, design: str, progress: bool) -> dict:
+    """Draw the benchmark, or reuse the one already in ``data_dir`` when it has the same seed/size/design."""
+    from fpr_plugin.data.synthetic import make_synthetic
+
+    manifest_path = data_dir / "synthetic.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if (manifest.get("seed"), manifest.get("design")) == (seed, design) and manifest.get("size_name") == size:
+            print(f"reusing {data_dir} (seed {seed}, size {size}, design {design})", flush=True)
+            return manifest
+    manifest = make_synthetic(data_dir, seed=seed, size=size, design=design, overwrite=True, progress=progress)
+    manifest["size_name"] = size
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _train(recipe: Path, loss: str, rec: Path, output: Path, seed: int, overrides: Sequence[str]) -> dict:
+    """Train one loss on the benchmark's record set into ``output`` (replacing an earlier demo run there)."""
+    from fpr_plugin.train.config import load_config
+    from fpr_plugin.train.trainer import train
+
+    if output.exists():
+        shutil.rmtree(output)
+    cfg = load_config(recipe, loss=loss, overrides=[f"rec={rec}", f"output={output}", f"seed={seed}", *overrides])
+    return train(cfg)
+
+
+def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed: int = 0, design: str = "rare",
+             losses: Sequence[str] = DEFAULT_LOSSES, recipe: str | os.PathLike | None = None,
+             overrides: Sequence[str] = (), progress: bool = True) -> dict:
+    """Run the four demo stages into ``output``; return the summary also written to ``output/demo.json``."""
+    if size not in SIZE_OVERRIDES:
+        raise ValueError(f"size must be one of {sorted(SIZE_OVERRIDES)}, got {size!r}")
+    if len(set(losses)) != len(losses) or not losses:
+        raise ValueError(f"losses must be distinct loss names, got {list(losses)}")
+    recipe = Path(recipe) if recipe is not None else default_recipe()
+    if not recipe.is_file():
+        raise FileNotFoundError(f"demo recipe {recipe} not found (install the checkout with `pip install -e .`, "
+                                "or pass --recipe PATH)")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    _stage(1, 4, f"synthetic benchmark (design {design}, size {size}, seed {seed}) -> {out / 'data'}")
+    t0 = time.perf_counter()
+    manifest = _prepare_data(out / "data", seed, size, design, progress)
+    timings["data_s"] = time.perf_counter() - t0
+
+    models = {}
+    for index, loss in enumerate(losses, 1):
+        _stage(2, 4, f"training {loss} ({index}/{len(losses)}) -> {out / 'runs' / loss}")
+        t0 = time.perf_counter()
+        _train(recipe, loss, out / "data" / "train", out / "runs" / loss, seed, [*SIZE_OVERRIDES[size], *overrides])
+        timings[f"train_{loss}_s"] = time.perf_counter() - t0
+
+    _stage(3, 4, f"export to ONNX -> {out / 'models'}")
+    from fpr_plugin.export import export_onnx
+
+    (out / "models").mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for loss in losses:
+        models[loss] = out / "models" / f"{loss}.onnx"
+        report = export_onnx(out / "runs" / loss / "model.pt", models[loss])
+        print(f"{models[loss]}: {json.dumps(report.get('checks', {}))}", flush=True)
+    timings["export_s"] = time.perf_counter() - t0
+
+    _stage(4, 4, f"evaluation (fpr-eval --compare) -> {out / 'report'}")
+    from fpr_plugin.eval.cli import main as eval_main
+
+    t0 = time.perf_counter()
+    argv = ["--compare", *[str(models[loss]) for loss in losses], "--rfw", str(out / "data" / "rfw"),
+            "--dense", str(out / "data" / "dense" / "dense.csv"), "--output", str(out / "report")]
+    code = eval_main(argv)
+    if code != 0:
+        raise RuntimeError(f"fpr-eval {' '.join(argv)} exited with status {code}")
+    timings["eval_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+
+    summary = {
+        "seed": seed, "size": size, "design": design, "losses": list(losses), "recipe": str(recipe),
+        "train": manifest["train"], "timings": {k: round(v, 1) for k, v in timings.items()},
+        "paths": {"data": str(out / "data"), "runs": {loss: str(out / "runs" / loss) for loss in losses},
+                  "models": {loss: str(path) for loss, path in models.items()}, "report": str(out / "report")},
+    }
+    tmp = out / ".demo.json.partial"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "demo.json")
+    report_md = out / "report" / "report.md"
+    if report_md.is_file():
+        print("\n" + report_md.read_text(), flush=True)
+    print(f"demo finished in {timings['total_s']:.0f} s; report in {out / 'report'}", flush=True)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fpr-demo [--output DIR] [--size demo|tiny] [--seed S]``."""
+    parser = argparse.ArgumentParser(prog="fpr-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="fpr_demo", help="folder for data, runs, models and report (default fpr_demo)")
+    parser.add_argument("--size", choices=sorted(SIZE_OVERRIDES), default="demo",
+                        help="demo: the real demo (minutes); tiny: a smoke test of the pipeline (seconds)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of both trainings (default 0)")
+    parser.add_argument("--design", default="rare", help="group design of the synthetic data (rare, dense, control)")
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), help="losses to train and compare")
+    parser.add_argument("--recipe", default=None, help="recipe file (default recipes/synthetic_demo.py)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for every training run (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars while drawing the data")
+    args = parser.parse_args(argv)
+    try:
+        run_demo(args.output, size=args.size, seed=args.seed, design=args.design, losses=args.losses,
+                 recipe=args.recipe, overrides=args.overrides, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"fpr-demo: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

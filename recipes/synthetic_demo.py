@@ -1,0 +1,30 @@
+"""Synthetic demo: a small IResNet-18 on the synthetic demographic benchmark, minutes on a laptop CPU.
+
+The record set comes from ``fpr-make-synthetic OUT`` (``OUT/train``); ``fpr-demo``
+fills in ``rec`` and ``output``. The backbone is IResNet-18 with a quarter of
+InsightFace's width and a stride-2 stem, on 112x112 aligned faces, so the
+exported ONNX model has InsightFace's input and output conventions. The loss
+settings are the paper's (s 64, m 0.35, gamma_u 1e-4, p 2, alpha 1); ``--loss
+cosface`` on this recipe trains the baseline of the comparison.
+"""
+
+from easydict import EasyDict as edict
+
+config = edict()
+config.network = "r18"
+config.backbone_params = {"width": 16, "stem_stride": 2}
+config.embedding_size = 128
+config.rec = "synthetic/train"
+config.num_epoch = 6
+config.batch_size = 128
+config.lr = 0.1
+config.lr_steps = [4, 5]
+config.warmup_epoch = 0.5
+config.momentum = 0.9
+config.weight_decay = 5e-4
+config.num_workers = 0
+config.frequent = 10
+config.seed = 2048
+config.tensorboard = False
+config.loss = "fpr_penalty"
+config.loss_params = {"s": 64.0, "m": 0.35, "gamma_u": 1e-4, "p": 2.0, "alpha": 1.0}

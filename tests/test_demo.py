@@ -1,0 +1,91 @@
+"""Tests of fpr_plugin.demo: the README's main command, run end to end at the tiny size."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from fpr_plugin import demo
+from fpr_plugin.data.record_set import read_groups, read_record_set
+
+GROUPS = {"Common1", "Common2", "Common3", "Rare"}
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    summary = demo.run_demo(out, size="tiny", seed=1, progress=False)
+    return out, summary
+
+
+@pytest.mark.slow
+def test_record_set_and_runs(tiny_demo):
+    out, summary = tiny_demo
+    info = read_record_set(out / "data" / "train")
+    assert info.num_classes == summary["train"]["num_classes"] == 3 * 8 + 2
+    assert set(read_groups(out / "data" / "train").values()) == GROUPS
+    configs = {}
+    for loss in ("cosface", "fpr_penalty"):
+        run = out / "runs" / loss
+        configs[loss] = json.loads((run / "config.json").read_text())
+        assert configs[loss]["loss"] == loss and configs[loss]["recipe"] == "synthetic_demo"
+        state = torch.load(run / "model.pt", weights_only=True)
+        assert any(key.endswith("weight") for key in state) and not any(k.startswith("module.") for k in state)
+        assert [p for p in (run / "checkpoints").rglob("*") if p.is_file()], f"{run}: no checkpoint written"
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        assert records, f"{run}/metrics.jsonl is empty"
+    # the comparison is paired: same data, same seed, only the loss differs
+    assert configs["cosface"]["seed"] == configs["fpr_penalty"]["seed"] == 1
+    assert configs["cosface"]["rec"] == configs["fpr_penalty"]["rec"]
+    assert "gamma_u" in configs["fpr_penalty"]["loss_params"] and "gamma_u" not in configs["cosface"]["loss_params"]
+
+
+@pytest.mark.slow
+def test_onnx_models_embed_aligned_faces(tiny_demo):
+    out, _ = tiny_demo
+    face = cv2.imread(str(next((out / "data" / "dense" / "images").rglob("*.jpg"))))
+    blob = ((face[:, :, ::-1].astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
+    embeddings = []
+    for loss in ("cosface", "fpr_penalty"):
+        session = ort.InferenceSession(str(out / "models" / f"{loss}.onnx"), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].shape[1:] == [3, 112, 112]
+        (embedding,) = session.run(None, {session.get_inputs()[0].name: np.repeat(blob, 2, axis=0)})
+        assert embedding.shape == (2, 128) and np.isfinite(embedding).all()
+        embeddings.append(embedding[0])
+    assert not np.allclose(embeddings[0], embeddings[1]), "two trainings gave the same network"
+
+
+@pytest.mark.slow
+def test_report_has_every_group_for_both_models(tiny_demo):
+    out, summary = tiny_demo
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["models"]) == {"cosface", "fpr_penalty"}
+    for name, model in report["models"].items():
+        datasets = model["datasets"]
+        assert set(datasets["rfw"]["pairs"]["accuracy"]["groups"]) == GROUPS
+        dense = [d["dense"] for d in datasets.values() if d.get("dense") and d["dense"]["n_images"] == 4 * 20 * 3]
+        assert len(dense) == 2, "the RFW images and the dense CSV are both evaluated all-pairs"
+        for result in dense:
+            measured = [entry for entry in result["at_fpr"] if entry["measurable"]]
+            assert measured and all(set(entry["groups"]) == GROUPS for entry in measured)
+    assert "Rare" in (out / "report" / "report.md").read_text()
+    assert list((out / "report").glob("*.png"))
+    assert set(summary["timings"]) >= {"data_s", "train_cosface_s", "train_fpr_penalty_s", "export_s", "eval_s"}
+    assert json.loads((out / "demo.json").read_text())["paths"]["report"] == str(out / "report")
+
+
+def test_missing_recipe_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        demo.run_demo(tmp_path / "out", size="tiny", recipe=tmp_path / "nope.py", progress=False)
+
+
+def test_cli_rejects_unknown_size(capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--size", "huge"])
+    assert exc.value.code == 2
+    assert "huge" in capsys.readouterr().err
