@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fpr_plugin.losses.entries import gather_entries, weight_detached_entries
+from fpr_plugin.losses.entries import EntryGradients, weight_detached_entries
 from fpr_plugin.losses.margin import MarginLoss, margin_target, scaled_logits, target_entries
 from fpr_plugin.losses.selection import fpr_rank, mine_above_threshold
 from fpr_plugin.losses.validation import (
@@ -99,16 +99,17 @@ class FprPenalty(MarginLoss):
         # Eq. 11 over this rank's columns; F(z) = 0 for z <= 0.
         positive = values > 0
         rows_p, cols_p = rows[positive], cols[positive]
+        entries = EntryGradients()
         if self.penalty_grad == "both":
-            z = gather_entries(cos, rows_p, cols_p)
+            z = entries.gather(cos, rows_p, cols_p)
         else:
             z = weight_detached_entries(values[positive], norm_embeddings, norm_weight, rows_p, cols_p)
         partial = cos.new_zeros(local_rows).index_add(0, rows_p, z.to(cos.dtype).pow(self.p))
         weighted_fpr = layout.sum_over_classes(partial) / (c - 1)
         penalty = (self.alpha / self.gamma_u) * weighted_fpr
 
-        target = self.target_logit(gather_entries(cos, rows_t, cols_t))
-        logits = scaled_logits(cos, rows_t, cols_t, target, self.s, row_shift=penalty)
+        target = self.target_logit(entries.gather(cos, rows_t, cols_t))
+        logits = scaled_logits(cos, rows_t, cols_t, target, self.s, row_shift=penalty, entries=entries)
 
         with torch.no_grad():
             counts = torch.bincount(rows, minlength=local_rows).to(cos.dtype)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from fpr_plugin.losses.entries import gather_entries, weight_detached_entries
+from fpr_plugin.losses.entries import EntryGradients, weight_detached_entries
 from fpr_plugin.losses.margin import MarginLoss, scaled_logits, target_entries
 from fpr_plugin.losses.selection import mine_above_threshold
 from fpr_plugin.losses.validation import check_cosines, check_features, check_real
@@ -86,7 +86,8 @@ class FprPenaltyTFace(MarginLoss):
 
         # Mined cosines: gradient into W_j only where cos_ij < cos_iy - m.
         into_weight = values < cos_y[rows] - self.m
-        z_full = gather_entries(cos, rows[into_weight], cols[into_weight])
+        entries = EntryGradients()
+        z_full = entries.gather(cos, rows[into_weight], cols[into_weight])
         keep = ~into_weight
         z_embed = weight_detached_entries(values[keep], norm_embeddings, norm_weight, rows[keep], cols[keep])
         squares = cos.new_zeros(local_rows)
@@ -95,10 +96,10 @@ class FprPenaltyTFace(MarginLoss):
         mined_count = layout.sum_over_classes(counts)
         penalty_base = layout.sum_over_classes(squares) / mined_count.clamp_min(1.0)  # P_i
 
-        cos_target = gather_entries(cos, rows_t, cols_t)
+        cos_target = entries.gather(cos, rows_t, cols_t)
         cos_target_tilde = weight_detached_entries(detached[rows_t, cols_t], norm_embeddings, norm_weight, rows_t, cols_t)
         target = (cos_target - self.m) - (1.0 + cos_target_tilde) * penalty_base[rows_t]
-        logits = scaled_logits(cos, rows_t, cols_t, target, self.s)
+        logits = scaled_logits(cos, rows_t, cols_t, target, self.s, entries=entries)
 
         with torch.no_grad():
             instance_fpr = mined_count / (c - 1)

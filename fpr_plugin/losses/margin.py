@@ -15,7 +15,7 @@ import math
 import torch
 
 from fpr_plugin.distributed import Layout
-from fpr_plugin.losses.entries import gather_entries
+from fpr_plugin.losses.entries import EntryGradients
 from fpr_plugin.losses.validation import check_cosines, check_positive, check_real
 from fpr_plugin.registry import register_loss
 
@@ -62,7 +62,7 @@ class _ScaledLogits(torch.autograd.Function):
     """``scale * (cos + row_shift)`` with the target entries replaced by ``scale * target``."""
 
     @staticmethod
-    def forward(ctx, cos, target, row_shift, rows, cols, scale):  # type: ignore[override]
+    def forward(ctx, cos, target, row_shift, rows, cols, scale, entries):  # type: ignore[override]
         if row_shift is None:
             out = cos * scale
         else:
@@ -70,7 +70,7 @@ class _ScaledLogits(torch.autograd.Function):
         out[rows, cols] = target.to(out.dtype) * scale
         ctx.save_for_backward(rows, cols)
         ctx.scale = scale
-        ctx.shape = cos.shape
+        ctx.entries = entries
         return out
 
     @staticmethod
@@ -82,12 +82,14 @@ class _ScaledLogits(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_cos = grad * scale
             grad_cos[rows, cols] = 0
+            if ctx.entries is not None:
+                ctx.entries.deliver(grad_cos)
         if ctx.needs_input_grad[1]:
             grad_target = grad_at_target * scale
         if ctx.needs_input_grad[2]:
             row_sums = grad.sum(dim=1)
             grad_shift = (row_sums.index_add(0, rows, -grad_at_target)) * scale
-        return grad_cos, grad_target, grad_shift, None, None, None
+        return grad_cos, grad_target, grad_shift, None, None, None, None
 
 
 def scaled_logits(
@@ -97,13 +99,17 @@ def scaled_logits(
     target: torch.Tensor,
     scale: float,
     row_shift: torch.Tensor | None = None,
+    entries: EntryGradients | None = None,
 ) -> torch.Tensor:
     """Scaled logits: ``scale * (cos[i, j] + row_shift[i])``, and ``scale * target`` at (rows, cols).
 
     One pass over the matrix forward and one backward, and nothing that
     refers to the result is saved (the caller may overwrite it in place).
+    Entries of ``cos`` read through ``entries`` (and feeding ``target`` or
+    ``row_shift``) get their gradient added into this function's dense
+    gradient of ``cos``.
     """
-    return _ScaledLogits.apply(cos, target, row_shift, rows, cols, scale)
+    return _ScaledLogits.apply(cos, target, row_shift, rows, cols, scale, entries)
 
 
 class MarginLoss(torch.nn.Module):
@@ -136,8 +142,9 @@ class MarginLoss(torch.nn.Module):
         """Scaled logits ``[N, C]`` for cosines ``cos`` and column labels (-1: not here)."""
         labels = check_cosines(cos, labels)
         rows, cols = target_entries(labels)
-        target = self.target_logit(gather_entries(cos, rows, cols))
-        return scaled_logits(cos, rows, cols, target, self.s)
+        entries = EntryGradients()
+        target = self.target_logit(entries.gather(cos, rows, cols))
+        return scaled_logits(cos, rows, cols, target, self.s, entries=entries)
 
 
 @register_loss("combined")

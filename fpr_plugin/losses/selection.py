@@ -63,9 +63,10 @@ def top_candidates(
         block: entries per block (a speed knob; the result is exact for any).
 
     Returns:
-        ``(flat_index, values)`` of non-excluded entries (flat index = row * C
-        + column) that include the k largest non-excluded entries of
-        ``scores`` and every non-excluded entry greater than the k-th largest.
+        ``(flat_index, values)`` of at most ``k + N`` non-excluded entries
+        (flat index = row * C + column) that include the k largest
+        non-excluded entries of ``scores`` and every non-excluded entry
+        greater than the k-th largest.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -76,19 +77,24 @@ def top_candidates(
     flat = scores.reshape(-1)
     numel = flat.numel()
     num_full = numel // block
-    maxima = flat[: num_full * block].view(num_full, block).amax(dim=1)
-    if numel > num_full * block:
-        maxima = torch.cat([maxima, flat[num_full * block :].amax().reshape(1)])
-    num_excluded = 0 if excluded_columns is None else int(num_rows)
-    chosen = k + num_excluded
-    if chosen < maxima.numel():
-        blocks = maxima.topk(chosen, sorted=False).indices
+    # Each excluded entry can take the place of one non-excluded maximum.
+    chosen = k + (0 if excluded_columns is None else num_rows)
+    if chosen < num_full:
+        blocks = flat[: num_full * block].view(num_full, block)
+        picked = blocks.amax(dim=1).topk(chosen, sorted=False).indices
         offsets = torch.arange(block, device=flat.device)
-        index = (blocks.unsqueeze(1) * block + offsets).reshape(-1)
-        index = index[index < numel]
+        index = (picked.unsqueeze(1) * block + offsets).reshape(-1)
+        values = blocks[picked].reshape(-1)
+        if numel > num_full * block:  # the short last block is always a candidate
+            tail = torch.arange(num_full * block, numel, device=flat.device)
+            index, values = torch.cat([index, tail]), torch.cat([values, flat[tail]])
     else:
-        index = torch.arange(numel, device=flat.device)
-    values = flat[index]
+        index, values = torch.arange(numel, device=flat.device), flat
+    # The `chosen` largest candidates hold at least k non-excluded entries and
+    # every entry above the smallest of them: keep only those.
+    if chosen < values.numel():
+        top = values.topk(chosen, sorted=False)
+        index, values = index[top.indices], top.values
     keep = values > float("-inf")
     if excluded_columns is not None:
         keep &= (index % num_cols) != excluded_columns[index // num_cols]
