@@ -181,7 +181,8 @@ def write_record_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, by
 
     Files are written in a temporary folder and moved into ``out_dir`` when complete (replacing
     an earlier record set there). ``groups`` maps class id -> ``(identity, group)`` for
-    ``groups.tsv``. Returns ``num_classes``, ``num_image`` and the file paths.
+    ``groups.tsv``; it is read after ``samples`` is exhausted, so a caller may fill it while the
+    samples stream. Returns ``num_classes``, ``num_image`` and the file paths.
     """
     out_dir = Path(out_dir)
     height, width = (int(v) for v in image_size)
