@@ -1,7 +1,5 @@
 """Where a training process runs: rank, world size, device and process group (set up on demand)."""
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass
 
@@ -74,7 +72,10 @@ def teardown_environment(env: RunEnvironment) -> None:
         dist.destroy_process_group()
 
 
-def allreduce_sum_hook(process_group: dist.ProcessGroup | None, bucket: dist.GradBucket) -> torch.futures.Future:
+# No `from __future__ import annotations` here: DDP checks this hook's annotations at run time.
+def allreduce_sum_hook(
+    process_group: dist.ProcessGroup | None, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook that SUMS gradients over ranks (DDP's default averages them).
 
     The class-sharded head sends back d(global-mean loss)/d(local embeddings),

@@ -53,6 +53,16 @@ def test_bupt_recipes_build_their_model(network):
     assert convs == 1 + 2 * blocks + 4  # stem, two per block, one shortcut per stage
 
 
+@pytest.mark.parametrize(
+    "path", [p for p in sorted(RECIPES.glob("*.py")) if p.stem != "base"], ids=lambda p: p.stem
+)
+@pytest.mark.parametrize("loss", ["cosface", "arcface", "fpr_penalty"])
+def test_every_shipped_recipe_loads_with_every_baseline_loss(path, loss):
+    cfg = load_config(path, loss=loss)
+    assert cfg.loss == loss and cfg.recipe == path.stem
+    assert "gamma_u" not in cfg.loss_params if loss != "fpr_penalty" else cfg.loss_params["gamma_u"] > 0
+
+
 def test_switching_the_loss_keeps_only_its_parameters():
     path = RECIPES / "bupt_balancedface_r34.py"
     cosface = load_config(path, loss="cosface")

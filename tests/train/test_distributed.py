@@ -16,7 +16,11 @@ from fpr_plugin.train import trainer
 from fpr_plugin.train.checkpoint import CHECKPOINT_DIR, complete_checkpoints, load_file
 from fpr_plugin.train.config import load_config
 
-SETS = ["max_steps=6", "save_every=3", "keep_checkpoints=5", "frequent=1", "num_workers=0"]
+# lr 0.01 and no clipping: clipping would hide a wrongly scaled (averaged instead of summed)
+# gradient. Five steps: in this 4-channel network, float rounding differences between the
+# two computations grow quickly after that (BatchNorm over near-constant channels).
+SETS = ["max_steps=5", "save_every=3", "keep_checkpoints=5", "frequent=1", "num_workers=0",
+        "grad_clip=None", "lr=0.01"]
 
 
 def _losses(out: Path) -> list[float]:
@@ -57,12 +61,12 @@ def test_two_processes_match_one_process_and_reshard(tiny_recipe, tmp_path, monk
     one = tmp_path / "one"
     trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]))
     reference = _losses(one)
-    assert len(reference) == 6
+    assert len(reference) == 5
     assert _losses(two) == pytest.approx(reference, rel=1e-4)
 
     # each rank saved its half of the 8 classes
     saved = {c.global_step: c for c in complete_checkpoints(two)}
-    assert set(saved) == {3, 4, 6} and saved[3].world_size == 2
+    assert set(saved) == {3, 4, 5} and saved[3].world_size == 2
     shards = [load_file(saved[3].rank_file(r))["head_shard"] for r in range(2)]
     assert [(s["class_start"], s["class_end"]) for s in shards] == [(0, 4), (4, 8)]
 
