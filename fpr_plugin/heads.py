@@ -123,6 +123,9 @@ class ClassifierHead(torch.nn.Module):
         norm_embeddings = F.normalize(embeddings, dim=1)
         norm_weight = F.normalize(self.weight, dim=1)
         cos = F.linear(norm_embeddings, norm_weight)
+        if cos.dtype in (torch.float16, torch.bfloat16):
+            # as arcface_torch: the margin and penalty run in float32 (s * penalty overflows fp16)
+            cos = cos.float()
         if self._loss_takes_features:
             logits = self.loss(cos, local_labels, norm_embeddings=norm_embeddings, norm_weight=norm_weight)
         else:

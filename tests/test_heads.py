@@ -80,6 +80,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 logits, raw = head(x[rows], labels[rows])
                 out["logits_shape"] = tuple(logits.shape)
                 results[key, parallel] = out
+        torch.manual_seed(rank)  # different local initialisations...
+        results["data_init"] = ClassifierHead(DIM, NUM_CLASSES, build_loss("cosface"), parallel="data").weight.detach()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -142,6 +144,24 @@ def test_data_parallel_head_equals_one_process(two_ranks, one_process, key):
             assert got["stats"]["threshold"] == pytest.approx(expected["stats"]["threshold"], abs=1e-12)
             assert got["stats"]["k"] == expected["stats"]["k"]
             torch.testing.assert_close(got["instance_fpr"], expected["instance_fpr"][start : start + ROWS[rank]])
+
+
+@pytest.mark.distributed
+def test_data_parallel_head_starts_from_the_same_weights_on_every_rank(two_ranks):
+    # ...replaced by the first rank's weights at construction
+    torch.testing.assert_close(two_ranks[0]["data_init"], two_ranks[1]["data_init"], rtol=0, atol=0)
+
+
+def test_half_precision_cosines_run_the_loss_in_float32():
+    torch.manual_seed(0)
+    head = ClassifierHead(32, 300, build_loss("fpr_penalty", gamma_u=0.01))
+    x, labels = torch.randn(16, 32), torch.randint(0, 300, (16,))
+    exact = head.training_loss(x, labels).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = head.training_loss(x, labels)
+    assert value.dtype == torch.float32
+    assert head.loss.last_stats["weighted_fpr_max"] > 0
+    assert value.item() == pytest.approx(exact, rel=0.05)
 
 
 def test_local_head_matches_normalised_fc_and_loss():

@@ -3,8 +3,9 @@
 The FPR threshold ``T_u`` is the k-th largest non-target cosine of the batch,
 with k small (about 1,400 out of 14 million at BUPT scale). A full sort, or a
 top-k over the flattened matrix, costs far more than the loss around it.
-Instead the matrix is cut into blocks of ``block`` consecutive entries and
-only the block maxima are ranked (one cheap reduction over the matrix):
+Instead the matrix is cut into blocks of ``block`` entries (strided, so
+that their maxima are one cheap elementwise reduction over the matrix) and
+only the block maxima are ranked:
 
 Let ``L`` be the (k + e)-th largest block maximum, ``e`` the number of
 excluded entries (the targets). At least k of the chosen blocks have a
@@ -76,18 +77,18 @@ def top_candidates(
     num_rows, num_cols = scores.shape
     flat = scores.reshape(-1)
     numel = flat.numel()
-    num_full = numel // block
+    stride = numel // block  # block b holds the flat entries b, b + stride, b + 2 * stride, ...
     # Each excluded entry can take the place of one non-excluded maximum.
     chosen = k + (0 if excluded_columns is None else num_rows)
-    if chosen < num_full:
-        blocks = flat[: num_full * block].view(num_full, block)
-        picked = blocks.amax(dim=1).topk(chosen, sorted=False).indices
-        offsets = torch.arange(block, device=flat.device)
-        index = (picked.unsqueeze(1) * block + offsets).reshape(-1)
-        values = blocks[picked].reshape(-1)
-        if numel > num_full * block:  # the short last block is always a candidate
-            tail = torch.arange(num_full * block, numel, device=flat.device)
-            index, values = torch.cat([index, tail]), torch.cat([values, flat[tail]])
+    if chosen < stride:
+        # strided blocks: the maxima are an elementwise max of `block` contiguous
+        # slices, about as fast as a sum over the matrix
+        blocks = flat[: stride * block].view(block, stride)
+        picked = blocks.amax(dim=0).topk(chosen, sorted=False).indices
+        index = (picked.unsqueeze(0) + stride * torch.arange(block, device=flat.device).unsqueeze(1)).reshape(-1)
+        if numel > stride * block:  # the few entries past the last full slice are always candidates
+            index = torch.cat([index, torch.arange(stride * block, numel, device=flat.device)])
+        values = flat[index]
     else:
         index, values = torch.arange(numel, device=flat.device), flat
     # The `chosen` largest candidates hold at least k non-excluded entries and

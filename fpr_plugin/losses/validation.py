@@ -71,7 +71,7 @@ def check_cosines(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"labels must be -1 or in [0, {c}) (the columns of cos), got {bad}")
     # One cheap reduction catches NaN and Inf (|cos| <= 1 cannot overflow a sum);
     # only when it fires is the exact elementwise check run.
-    if not torch.isfinite(cos.detach().sum()).item():
+    if not torch.isfinite(cos.detach().sum(dtype=torch.float32)).item():
         bad = ~torch.isfinite(cos.detach())
         if bool(bad.any()):
             row, col = (int(v) for v in bad.nonzero()[0].tolist())
