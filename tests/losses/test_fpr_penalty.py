@@ -87,16 +87,13 @@ def test_threshold_at_or_below_zero_gives_no_weight_to_negative_cosines():
     assert loss.last_stats["threshold"] == pytest.approx(ref["threshold"])
 
 
-def test_embeddings_mode_sends_no_penalty_gradient_to_weights():
+def test_embeddings_mode_changes_only_the_weight_gradient():
     x, W, labels = make_batch(6, 7, 4, 6)
     both = implementation(FprPenalty(s=16.0, gamma_u=0.1), x, W, labels)
     emb = implementation(FprPenalty(s=16.0, gamma_u=0.1, penalty_grad="embeddings"), x, W, labels)
-    plain = implementation(FprPenalty(s=16.0, gamma_u=0.1, alpha=0.0), x, W, labels)
-    assert both[0] == pytest.approx(emb[0].item())  # same value
-    assert not torch.allclose(both[2], emb[2])  # different weight gradient
-    # with alpha=0 there is no penalty: the weight gradient of "embeddings" mode differs
-    # from the plain margin loss only through the penalty's effect on the softmax
-    assert not torch.allclose(emb[1], plain[1])
+    assert both[0].item() == pytest.approx(emb[0].item(), rel=1e-12)  # same loss
+    torch.testing.assert_close(both[1], emb[1])  # same embedding gradient
+    assert not torch.allclose(both[2], emb[2], atol=1e-6)  # the weights lose the penalty's gradient
 
 
 def test_target_shift_and_non_target_forms_agree():
@@ -220,8 +217,9 @@ def test_registry_builds_with_documented_defaults():
     ],
 )
 def test_bad_parameters_raise_value_error_naming_them(params, name):
-    with pytest.raises(ValueError, match=rf"^{name} .*{params[name]!r}" if not isinstance(params[name], float) or not math.isnan(params[name]) else name):
+    with pytest.raises(ValueError, match=rf"^{name} ") as info:
         FprPenalty(**params)
+    assert repr(params[name]) in str(info.value)
 
 
 def test_bad_inputs_raise_value_error_naming_them():
