@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,12 +34,12 @@ RECIPE = REPO / "recipes" / "synthetic_demo.py"
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cosface": ("cosface", ()),
     "fpr a1 g1e-4": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4")),
-    "fpr a0.5 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.5", "loss_params.gamma_u=1e-4")),
     "fpr a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3")),
-    "fpr a0.5 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.5", "loss_params.gamma_u=1e-3")),
     "fpr emb a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3",
                                          "loss_params.penalty_grad=embeddings")),
     "tface": ("fpr_penalty_tface", ()),
+    "fpr a0.5 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.5", "loss_params.gamma_u=1e-3")),
+    "fpr a0.5 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.5", "loss_params.gamma_u=1e-4")),
 }
 FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -91,6 +92,8 @@ def run_one(seed: int, label: str, data: Path, out: Path, extra: list[str]) -> d
         return json.loads(result_file.read_text())
     loss, overrides = METHODS[label]
     run_dir = out / f"seed{seed}" / _slug(label)
+    if run_dir.exists():  # an interrupted run of this bench: start it again
+        shutil.rmtree(run_dir)
     cfg = load_config(RECIPE, loss=loss, overrides=[f"rec={data / 'train'}", f"output={run_dir}", f"seed={seed}",
                                                     *overrides, *extra])
     t0 = time.perf_counter()
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench_out/fairness_synthetic", help="data, runs and cached results")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="extra recipe override for every run (e.g. num_epoch=8)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="print the tables from the results already in --output, train nothing")
     args = parser.parse_args(argv)
 
     from fpr_plugin.data.synthetic import DESIGNS, make_synthetic
@@ -173,13 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     results = []
     start = time.perf_counter()
-    for seed in args.seeds:
-        data = out / f"data_{args.design}_{args.size}_seed{seed}"
-        if not (data / "synthetic.json").is_file():
-            make_synthetic(data, seed=seed, size=args.size, design=args.design, overwrite=True)
-        for label in args.methods:
+    data = {seed: out / f"data_{args.design}_{args.size}_seed{seed}" for seed in args.seeds}
+    if args.cached_only:
+        results = [json.loads(p.read_text()) for label in args.methods for seed in args.seeds
+                   for p in [out / f"seed{seed}" / f"{_slug(label)}.json"] if p.is_file()]
+        print_tables(results, [g.name for g in DESIGNS[args.design]])
+        return 0
+    for seed, folder in data.items():
+        if not (folder / "synthetic.json").is_file():
+            make_synthetic(folder, seed=seed, size=args.size, design=args.design, overwrite=True)
+    # method by method, so that an interrupted bench has every seed of the first methods
+    for label in args.methods:
+        for seed in args.seeds:
             print(f"[{time.perf_counter() - start:6.0f} s] seed {seed}: {label}", flush=True)
-            results.append(run_one(seed, label, data, out, args.extra))
+            results.append(run_one(seed, label, data[seed], out, args.extra))
     print_tables(results, [g.name for g in DESIGNS[args.design]])
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
