@@ -33,13 +33,13 @@ RECIPE = REPO / "recipes" / "synthetic_demo.py"
 #: label -> (loss, recipe overrides)
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cosface": ("cosface", ()),
+    "fpr a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4")),
     "fpr a1 g1e-4": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4")),
-    "fpr a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3")),
-    "fpr emb a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3",
-                                         "loss_params.penalty_grad=embeddings")),
     "tface": ("fpr_penalty_tface", ()),
-    "fpr a0.5 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.5", "loss_params.gamma_u=1e-3")),
-    "fpr a0.5 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.5", "loss_params.gamma_u=1e-4")),
+    "fpr emb a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4",
+                                           "loss_params.penalty_grad=embeddings")),
+    "fpr a0.1 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-3")),
+    "fpr a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3")),
 }
 FPRS = (1e-4, 1e-3, 1e-2)
 
