@@ -4,7 +4,13 @@ The record set comes from ``fpr-make-synthetic OUT`` (``OUT/train``); ``fpr-demo
 fills in ``rec`` and ``output``. The backbone is IResNet-18 with a quarter of
 InsightFace's width and a stride-2 stem, on 112x112 aligned faces, so the
 exported ONNX model has InsightFace's input and output conventions. The loss
-settings are the paper's (s 64, m 0.35, gamma_u 1e-4, p 2, alpha 1); ``--loss
+settings are the paper's (s 64, m 0.35, gamma_u 1e-4, p 2) except alpha = 0.1:
+with alpha = 1 (the project default) the FPR penalty collapses training on
+this small set (training loss stuck near s*m + ln(C); on the test set the
+global threshold at overall FPR 1e-3 lands at cosine 0.997 and TPR falls to
+0.13; ``bench/fairness_synthetic.py`` measures both).
+The mean logit offset of Eq. 10 is at least s * alpha * T_u^2 whatever gamma_u is,
+and T_u starts near 0.5 with 128-d embeddings and 390 classes. ``--loss
 cosface`` on this recipe trains the baseline of the comparison.
 """
 
@@ -27,4 +33,4 @@ config.frequent = 10
 config.seed = 2048
 config.tensorboard = False
 config.loss = "fpr_penalty"
-config.loss_params = {"s": 64.0, "m": 0.35, "gamma_u": 1e-4, "p": 2.0, "alpha": 1.0}
+config.loss_params = {"s": 64.0, "m": 0.35, "gamma_u": 1e-4, "p": 2.0, "alpha": 0.1}
