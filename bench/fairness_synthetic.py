@@ -127,6 +127,17 @@ def _ms(values: list[float | None]) -> str:
     return text + (f" ({len(values) - len(vals)} n/a)" if len(vals) < len(values) else "")
 
 
+def _paired(results: list[dict], method: str, key: str) -> list[str]:
+    """Mean +- std over seeds of (method - cosface, same seed) for std/f and TPR at overall FPR ``key``."""
+    base = {r["seed"]: r["at_fpr"][key] for r in results if r["method"] == "cosface"}
+    pairs = [(r["at_fpr"][key], base[r["seed"]]) for r in results if r["method"] == method and r["seed"] in base]
+    if method == "cosface" or not pairs:
+        return ["", ""]
+    bias = [a["summaries"]["std_over_f"] - b["summaries"]["std_over_f"] for a, b in pairs
+            if a["summaries"] and b["summaries"]]
+    return [_ms(bias), _ms([a["tpr"] - b["tpr"] for a, b in pairs])]
+
+
 def print_tables(results: list[dict], groups: list[str]) -> None:
     """Mean +- std over seeds of every measured figure, per method."""
     methods = list(dict.fromkeys(r["method"] for r in results))
@@ -135,7 +146,8 @@ def print_tables(results: list[dict], groups: list[str]) -> None:
     for f in FPRS:
         key = f"{f:g}"
         print(f"\n### global threshold at overall FPR {key}\n")
-        head = ["method", "TPR", *[f"FPR/f {g}" for g in groups], "std/f (bias degree)", "max/min", "Gini"]
+        head = ["method", "TPR", *[f"FPR/f {g}" for g in groups], "std/f (bias degree)", "max/min", "Gini",
+                "paired d(std/f) vs cosface", "paired d(TPR)"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for m in methods:
@@ -144,7 +156,7 @@ def print_tables(results: list[dict], groups: list[str]) -> None:
             cells = [m, _ms([r["tpr"] for r in rs]),
                      *[_ms([r["group_fpr_over_f"][g] for r in rs]) for g in groups],
                      _ms([x.get("std_over_f") for x in s]), _ms([x.get("max_min_ratio") for x in s]),
-                     _ms([x.get("gini") for x in s])]
+                     _ms([x.get("gini") for x in s]), *_paired(results, m, key)]
             print("| " + " | ".join(cells) + " |")
     print("\n### training, last epoch (metrics.jsonl): T_u, penalty, instance FPR and above-threshold share per group\n")
     head = ["method", "T_u", "penalty", *[f"inst. FPR {g}" for g in groups], *[f"share {g}" for g in groups], "train s"]
