@@ -57,10 +57,7 @@ def _prepare_data(data_dir: Path, seed: int, size: str, design: str, progress: b
         if (manifest.get("seed"), manifest.get("design")) == (seed, design) and manifest.get("size_name") == size:
             print(f"reusing {data_dir} (seed {seed}, size {size}, design {design})", flush=True)
             return manifest
-    manifest = make_synthetic(data_dir, seed=seed, size=size, design=design, overwrite=True, progress=progress)
-    manifest["size_name"] = size
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return make_synthetic(data_dir, seed=seed, size=size, design=design, overwrite=True, progress=progress)
 
 
 def _train(recipe: Path, loss: str, rec: Path, output: Path, seed: int, overrides: Sequence[str]) -> dict:

@@ -89,3 +89,17 @@ def test_cli_rejects_unknown_size(capsys):
         demo.main(["--size", "huge"])
     assert exc.value.code == 2
     assert "huge" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rerun_reuses_matching_data_only(tiny_demo, tmp_path):
+    out, _ = tiny_demo
+    record = out / "data" / "train" / "train.rec"
+    before = record.stat().st_mtime_ns
+    manifest = demo._prepare_data(out / "data", 1, "tiny", "rare", progress=False)
+    assert record.stat().st_mtime_ns == before and manifest["seed"] == 1 and manifest["size_name"] == "tiny"
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "synthetic.json").write_text(json.dumps({"seed": 2, "design": "rare", "size_name": "tiny"}))
+    assert demo._prepare_data(other, 1, "tiny", "rare", progress=False)["seed"] == 1, "other seed: drawn again"
+    assert (other / "train" / "train.rec").is_file()

@@ -276,7 +276,8 @@ def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | Siz
         bar.close()
         test_counts = _write_test_sets(bench, tmp, progress)
         manifest = {
-            "seed": seed, "size": asdict(bench.size), "design": design,
+            "seed": seed, "size_name": size if isinstance(size, str) else None, "size": asdict(bench.size),
+            "design": design,
             "groups": [asdict(g) for g in bench.groups],
             "train": {"num_classes": int(record["num_classes"]), "num_image": int(record["num_image"]),
                       "identities_per_group": {g.name: sum(i.group == g.name for i in bench.train) for g in bench.groups}},
