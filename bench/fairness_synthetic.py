@@ -34,10 +34,10 @@ RECIPE = REPO / "recipes" / "synthetic_demo.py"
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cosface": ("cosface", ()),
     "fpr a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4")),
-    "fpr a1 g1e-4": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4")),
     "tface": ("fpr_penalty_tface", ()),
     "fpr emb a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4",
                                            "loss_params.penalty_grad=embeddings")),
+    "fpr a1 g1e-4": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4")),
     "fpr a0.1 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-3")),
     "fpr a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3")),
 }
