@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-import socket
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fpr_plugin.distributed import Layout, all_gather_rows, all_reduce_sum, merge_top_values, shard_bounds
 from fpr_plugin.registry import build_loss
+from gloo import run_two_ranks
 
 
 def test_shard_bounds_cover_classes_contiguously_with_sizes_differing_by_one():
@@ -96,17 +95,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("collectives")
-    mp.start_processes(_worker, args=(free_port(), str(out_dir)), nprocs=2, start_method="spawn", join=True)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return run_two_ranks(_worker, tmp_path_factory.mktemp("collectives"))
 
 
 @pytest.mark.distributed

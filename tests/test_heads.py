@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fpr_plugin.heads import ClassifierHead
 from fpr_plugin.registry import build_loss
+from gloo import run_two_ranks
 
 NUM_CLASSES = 11  # 6 + 5 over two ranks
 DIM = 6
@@ -87,17 +86,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("heads")
-    mp.start_processes(_worker, args=(free_port(), str(out_dir)), nprocs=2, start_method="spawn", join=True)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return run_two_ranks(_worker, tmp_path_factory.mktemp("heads"))
 
 
 @pytest.fixture(scope="module")
