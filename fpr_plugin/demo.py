@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from fpr_plugin.atomic import atomic_write
+
 DEFAULT_LOSSES = ("cosface", "fpr_penalty")
 #: Overall FPRs of the report: the demo's dense set has about 7e5 within-group impostor pairs, so lower
 #: rates rest on fewer than 10 false positives.
@@ -131,9 +133,8 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed
         "paths": {"data": str(out / "data"), "runs": {loss: str(out / "runs" / loss) for loss in losses},
                   "models": {loss: str(path) for loss, path in models.items()}, "report": str(out / "report")},
     }
-    tmp = out / ".demo.json.partial"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "demo.json")
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     report_md = out / "report" / "report.md"
     if report_md.is_file():
         print("\n" + report_md.read_text(), flush=True)

@@ -24,6 +24,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from fpr_plugin.atomic import atomic_write
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FRAME = struct.Struct("<II")  # magic, length word
@@ -199,17 +201,6 @@ def scan_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
                 pos = nxt
 
 
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="ascii", newline="\n") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def rebuild_index(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> int:
     """Rewrite the ``.idx`` of a ``.rec`` by scanning it; record ``i`` in file order gets key ``i``.
 
@@ -220,13 +211,14 @@ def rebuild_index(rec_path: str | os.PathLike, idx_path: str | os.PathLike | Non
     idx_path = Path(idx_path) if idx_path is not None else rec_path.with_suffix(".idx")
     count = 0
 
-    def write(f):
+    def write(tmp: str) -> None:
         nonlocal count
-        for key, (offset, _) in enumerate(scan_records(rec_path)):
-            f.write(f"{key}\t{offset}\n")
-            count += 1
+        with open(tmp, "w", encoding="ascii", newline="\n") as f:
+            for key, (offset, _) in enumerate(scan_records(rec_path)):
+                f.write(f"{key}\t{offset}\n")
+                count += 1
 
-    _replace_atomically(idx_path, write)
+    atomic_write(idx_path, write)
     return count
 
 

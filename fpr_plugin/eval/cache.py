@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from fpr_plugin.atomic import atomic_write
 
 
 def file_sha256(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
@@ -26,17 +27,12 @@ def cache_path(cache_dir: str | os.PathLike, model_sha256: str, dataset_key: str
 
 def save_array_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` to a temporary file in the same folder, then rename (nothing half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.save would append ".npy" to a bare name
             np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def cached_embeddings(cache_dir: str | os.PathLike, model_sha256: str, dataset_key: str,

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from fpr_plugin.atomic import atomic_write
 
 SUMMARY_LABELS = {"std_over_f": "std_g(FPR_g)/f", "max_min_ratio": "max/min FPR", "gini": "Gini FP differential"}
 
@@ -42,17 +42,8 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_text(path: str, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -76,7 +67,7 @@ def _accuracy_table(models: dict, dataset: str) -> list[str]:
     if not rows:
         return []
     groups = list(rows[0][1]["groups"])
-    lines = [f"Accuracy (%), 10-fold (threshold chosen on the other folds), per group; Std is ddof=1.", "",
+    lines = ["Accuracy (%), 10-fold (threshold chosen on the other folds), per group; Std is ddof=1.", "",
              "| model | " + " | ".join(groups) + " | Avg | Std |", "|---" * (len(groups) + 3) + "|"]
     for label, acc in rows:
         cells = [_pct(acc["groups"].get(g, {}).get("accuracy")) for g in groups]
@@ -168,7 +159,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    _write_atomic(path, lambda handle: fig.savefig(handle, format="png"), mode="wb")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_roc(models: dict, dataset: str, protocol: str, path: Path) -> bool:
@@ -234,8 +225,8 @@ def write_report(report: dict, output_dir: str | Path) -> dict[str, Path]:
                 if plot(models, dataset, protocol, output_dir / name):
                     figures.setdefault(dataset, []).append(name)
                     written[name] = output_dir / name
-    _write_atomic(output_dir / "report.json", lambda h: json.dump(report, h, indent=1, allow_nan=False))
-    _write_atomic(output_dir / "report.md", lambda h: h.write(render_markdown(report, figures)))
+    atomic_write(output_dir / "report.json", lambda tmp: _write_text(tmp, json.dumps(report, indent=1, allow_nan=False)))
+    atomic_write(output_dir / "report.md", lambda tmp: _write_text(tmp, render_markdown(report, figures)))
     written["report.json"] = output_dir / "report.json"
     written["report.md"] = output_dir / "report.md"
     return written

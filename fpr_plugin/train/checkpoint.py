@@ -15,17 +15,17 @@ under a final name. Everything stored is tensors and plain containers, so
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from fpr_plugin.atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -66,21 +66,6 @@ RESUMABLE_KEYS = frozenset(
         "loss_params_skipped",
     }
 )
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result to ``path`` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_file(obj: Any, path: str | Path) -> None:
