@@ -38,10 +38,12 @@ def to_tensor(rgb: np.ndarray, flip: bool = False) -> torch.Tensor:
     """RGB uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in [-1, 1], mirrored left-right if ``flip``."""
     if flip:
         rgb = rgb[:, ::-1]
-    out = torch.empty((3,) + rgb.shape[:2], dtype=torch.float32)
-    # one strided pass: HWC (any strides) -> CHW float, then x / 127.5 - 1 == (x / 255 - 0.5) / 0.5
-    np.multiply(rgb.transpose(2, 0, 1), np.float32(1 / 127.5), out=out.numpy(), casting="unsafe")
-    return out.sub_(1.0)
+    # a contiguous uint8 CHW copy first: the float maths then runs on contiguous memory, about
+    # twice as fast as on the strided (transposed, mirrored) view; x / 127.5 - 1 == (x / 255 - 0.5) / 0.5
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32)
+    chw *= np.float32(1 / 127.5)
+    chw -= np.float32(1.0)
+    return torch.from_numpy(chw)
 
 
 class _FaceDataset(Dataset):
