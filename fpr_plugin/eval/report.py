@@ -162,10 +162,15 @@ def _save_figure(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+def _panels(models: dict, dataset: str, protocol: str, curve: str) -> list[tuple[str, dict]]:
+    """(model label, results) of every model that has ``curve`` for ``dataset``/``protocol``."""
+    return [(label, m["datasets"][dataset][protocol]) for label, m in models.items()
+            if (m["datasets"].get(dataset, {}).get(protocol) or {}).get(curve)]
+
+
 def plot_roc(models: dict, dataset: str, protocol: str, path: Path) -> bool:
     """ROC per group (log FPR axis), one panel per model. Returns False when there is nothing to plot."""
-    panels = [(label, m["datasets"][dataset][protocol]) for label, m in models.items()
-              if m["datasets"].get(dataset, {}).get(protocol) and m["datasets"][dataset][protocol].get("roc")]
+    panels = _panels(models, dataset, protocol, "roc")
     if not panels:
         return False
     fig, axes = _figure(len(panels))
@@ -186,8 +191,7 @@ def plot_roc(models: dict, dataset: str, protocol: str, path: Path) -> bool:
 
 def plot_fpr_vs_threshold(models: dict, dataset: str, protocol: str, path: Path) -> bool:
     """Each group's FPR against the global threshold (log FPR), with the thresholds at the target FPRs marked."""
-    panels = [(label, m["datasets"][dataset][protocol]) for label, m in models.items()
-              if m["datasets"].get(dataset, {}).get(protocol)]
+    panels = _panels(models, dataset, protocol, "fpr_vs_threshold")
     if not panels:
         return False
     fig, axes = _figure(len(panels))
