@@ -38,6 +38,8 @@ __all__ = [
 
 ProcessGroup = Any  # torch.distributed.ProcessGroup, or None for the default group
 
+MODES = ("local", "classes", "batch", "sampled", "per_rank")
+
 
 def is_distributed(group: ProcessGroup = None) -> bool:
     """True when torch.distributed is initialised and ``group`` has more than one rank."""
@@ -179,6 +181,11 @@ class Layout:
       (gathered) rows and its own block of ``num_classes`` columns.
     - ``batch``: data parallel only. Every rank holds all classes and its own
       rows of the batch.
+    - ``sampled``: class-sharded with PartialFC sampling. Every rank holds the
+      gathered rows and the columns it sampled this step; the global class
+      count is the sum of the ranks' column counts, found each step.
+    - ``per_rank``: every rank on its own, on purpose: the threshold and each
+      row's FPR are those of this rank's columns and rows only.
 
     The FPR losses ask the layout for global counts and sums so that the
     threshold ``T_u`` and each row's FPR are those of the global batch.
@@ -189,8 +196,8 @@ class Layout:
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("local", "classes", "batch"):
-            raise ValueError(f"Layout mode must be 'local', 'classes' or 'batch', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"Layout mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
         if self.mode == "classes" and (self.num_classes is None or self.num_classes < 1):
             raise ValueError(f"a class-sharded Layout needs num_classes >= 1, got {self.num_classes!r}")
 
@@ -209,10 +216,41 @@ class Layout:
         """Full classifier on every rank, the batch split over the ranks of ``group``."""
         return cls("batch", group)
 
+    @classmethod
+    def class_sampled(cls, group: ProcessGroup = None) -> "Layout":
+        """Class-sharded with sampled columns (PartialFC ``sample_rate < 1``): ``c`` is summed each step."""
+        return cls("sampled", group)
+
+    @classmethod
+    def per_rank(cls) -> "Layout":
+        """Each rank alone, on purpose (a per-rank threshold), even under several ranks."""
+        return cls("per_rank")
+
     @property
     def distributed(self) -> bool:
         """True when this layout talks to other ranks."""
-        return self.mode != "local" and is_distributed(self.group)
+        return self.mode not in ("local", "per_rank") and is_distributed(self.group)
+
+    @property
+    def class_split(self) -> bool:
+        """True when every rank holds the same rows and its own columns."""
+        return self.mode in ("classes", "sampled")
+
+    def check_not_silently_local(self, loss_name: str) -> None:
+        """Refuse a local layout while torch.distributed runs several ranks (a per-shard threshold).
+
+        Raises RuntimeError that names the fix; ``per_rank`` is the explicit opt-out.
+        """
+        if self.mode != "local" or not is_distributed():
+            return
+        raise RuntimeError(
+            f"{loss_name} has a local layout but torch.distributed runs {group_size()} ranks, so T_u and "
+            "each row's FPR would be those of one rank's shard. Give the loss its layout: "
+            "loss.shard_classes(num_classes) inside a class-sharded head such as arcface_torch's "
+            "PartialFC_V2 (loss.shard_classes(sampled=True) with sample_rate < 1), "
+            "loss.data_parallel() when every rank holds all classes, or loss.per_rank() to ask for a "
+            "per-rank threshold; ClassifierHead sets it for you"
+        )
 
     def global_rows(self, local_rows: int, device: torch.device | None = None) -> int:
         """Number of samples in the global batch."""
@@ -222,10 +260,14 @@ class Layout:
         dist.all_reduce(count, op=dist.ReduceOp.SUM, group=self.group)
         return int(count.item())
 
-    def global_classes(self, local_classes: int) -> int:
-        """Number of classes over all shards."""
+    def global_classes(self, local_classes: int, device: torch.device | None = None) -> int:
+        """Number of classes over all shards (the sampled columns of all ranks when ``sampled``)."""
         if self.mode == "classes":
             return int(self.num_classes)  # type: ignore[arg-type]
+        if self.mode == "sampled" and self.distributed:
+            count = torch.tensor([local_classes], dtype=torch.int64, device=device)
+            dist.all_reduce(count, op=dist.ReduceOp.SUM, group=self.group)
+            return int(count.item())
         return local_classes
 
     def sum_over_classes(self, per_row: torch.Tensor) -> torch.Tensor:
@@ -233,7 +275,7 @@ class Layout:
 
         Differentiable (see :func:`all_reduce_sum`); the identity unless class-sharded.
         """
-        if self.mode != "classes":
+        if not self.class_split:
             return per_row
         return all_reduce_sum(per_row, self.group)
 

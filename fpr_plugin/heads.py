@@ -14,6 +14,16 @@ global batch). Three layouts:
   the group's first rank at construction) and its own rows; the FPR
   threshold is still that of the global batch.
 
+PartialFC sampling (``sample_rate < 1``, training only): each step, every
+rank keeps the columns of the classes in the global batch that it owns plus
+random other columns of its block, ``int(sample_rate * block size)`` in all
+(all positives when they are more), in ascending class order, and labels
+point into the kept columns. The loss then sees only the sampled columns:
+the FPR losses define ``T_u`` and ``g_i`` over the sampled columns of the
+global batch, with ``c`` the number of sampled columns over all ranks
+(method.md, "With sampled classes"). Only the sampled rows of the weight
+receive gradient.
+
 Gradient convention: the local embeddings receive d(global mean loss)/d(local
 embeddings), so a trainer must SUM (not average) backbone gradients over
 ranks to match one process on the same global batch; with
@@ -53,6 +63,8 @@ class ClassifierHead(torch.nn.Module):
         process_group: the torch.distributed group (None: the default group).
         parallel: ``"classes"`` (shard the classes) or ``"data"`` (replicate
             the classifier, split the batch); ignored on one process.
+        sample_rate: PartialFC's share of each rank's columns used per
+            training step, in (0, 1] (1: all; needs ``parallel="classes"``).
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class ClassifierHead(torch.nn.Module):
         loss: torch.nn.Module,
         process_group=None,
         parallel: str = "classes",
+        sample_rate: float = 1.0,
     ) -> None:
         super().__init__()
         if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
@@ -70,19 +83,26 @@ class ClassifierHead(torch.nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if parallel not in ("classes", "data"):
             raise ValueError(f"parallel must be 'classes' or 'data', got {parallel!r}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        if sample_rate < 1 and parallel != "classes":
+            raise ValueError("sample_rate < 1 (PartialFC sampling) needs parallel='classes'")
+        self.sample_rate = float(sample_rate)
+        self.weight_index: torch.Tensor | None = None  # the columns kept by the last sampled step
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.process_group = process_group
         if is_distributed(process_group) and parallel == "classes":
-            self.layout = Layout.class_sharded(num_classes, process_group)
+            sampled = self.sample_rate < 1
+            self.layout = Layout.class_sampled(process_group) if sampled else Layout.class_sharded(num_classes, process_group)
             self.class_start, self.class_end = shard_bounds(
                 num_classes, group_size(process_group), group_rank(process_group)
             )
         elif is_distributed(process_group):
             self.layout = Layout.data_parallel(process_group)
             self.class_start, self.class_end = 0, num_classes
-        else:
-            self.layout = Layout.local()
+        else:  # one process, or a one-rank group under a larger world: this group alone
+            self.layout = Layout.per_rank() if is_distributed() else Layout.local()
             self.class_start, self.class_end = 0, num_classes
         # insightface initialises the class centres with normal(0, 0.01).
         self.weight = torch.nn.Parameter(torch.empty(self.class_end - self.class_start, embedding_size).normal_(0, 0.01))
@@ -90,14 +110,34 @@ class ClassifierHead(torch.nn.Module):
             source = dist.get_global_rank(process_group, 0) if process_group is not None else 0
             dist.broadcast(self.weight.data, src=source, group=process_group)
         self.loss = loss
-        if hasattr(loss, "layout"):
+        if hasattr(loss, "set_layout"):
+            loss.set_layout(self.layout)
+        elif hasattr(loss, "layout"):
             loss.layout = self.layout
         self._loss_takes_features = _accepts_features(loss)
 
     @property
     def sharded(self) -> bool:
         """True when the classes are split over ranks."""
-        return self.layout.mode == "classes"
+        return self.layout.class_split
+
+    def sample_columns(self, local_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PartialFC sampling: ``(index, labels)``, the kept columns of this rank's block (ascending) and
+        the labels remapped into them (-1 stays -1). See the module docstring."""
+        num_local = self.weight.shape[0]
+        num_sample = int(self.sample_rate * num_local)
+        with torch.no_grad():
+            owned = local_labels >= 0
+            positive = torch.unique(local_labels[owned], sorted=True)
+            if num_sample >= positive.numel():
+                score = torch.rand(num_local, device=self.weight.device)
+                score[positive] = 2.0  # positives first, then random others
+                index = score.topk(num_sample).indices.sort().values
+            else:
+                index = positive
+            remapped = local_labels.clone()
+            remapped[owned] = torch.searchsorted(index, local_labels[owned])
+        return index, remapped
 
     def _check_batch(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
@@ -120,8 +160,12 @@ class ClassifierHead(torch.nn.Module):
             labels = all_gather_rows(labels, self.process_group)
         owned = (labels >= self.class_start) & (labels < self.class_end)
         local_labels = torch.where(owned, labels - self.class_start, torch.full_like(labels, -1))
+        weight = self.weight
+        if self.sample_rate < 1 and self.training:
+            self.weight_index, local_labels = self.sample_columns(local_labels)
+            weight = weight[self.weight_index]
         norm_embeddings = F.normalize(embeddings, dim=1)
-        norm_weight = F.normalize(self.weight, dim=1)
+        norm_weight = F.normalize(weight, dim=1)
         cos = F.linear(norm_embeddings, norm_weight)
         if cos.dtype in (torch.float16, torch.bfloat16):
             # as arcface_torch: the margin and penalty run in float32 (s * penalty overflows fp16)

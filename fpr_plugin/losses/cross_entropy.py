@@ -62,7 +62,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, layout: Layout | N
     """
     layout = layout or Layout.local()
     labels = labels.reshape(-1).long()
-    if layout.mode == "classes" and layout.distributed:
+    if layout.class_split and layout.distributed:
         return _ClassShardedCrossEntropy.apply(logits, labels, layout.group)
     if layout.mode == "batch" and layout.distributed:
         local_sum = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")

@@ -21,6 +21,7 @@ import torch
 from fpr_plugin.losses.entries import EntryGradients, weight_detached_entries
 from fpr_plugin.losses.margin import MarginLoss, margin_target, scaled_logits, target_entries
 from fpr_plugin.losses.selection import fpr_rank, mine_above_threshold
+from fpr_plugin.losses.stats import FprStats
 from fpr_plugin.losses.validation import (
     check_choice,
     check_cosines,
@@ -87,9 +88,10 @@ class FprPenalty(MarginLoss):
         if self.penalty_grad == "embeddings":
             check_features(norm_embeddings, norm_weight, cos, "fpr_penalty with penalty_grad='embeddings'")
         layout = self.layout
+        layout.check_not_silently_local("fpr_penalty")
         local_rows, local_classes = cos.shape
         n = layout.global_rows(local_rows, cos.device)
-        c = layout.global_classes(local_classes)
+        c = layout.global_classes(local_classes, cos.device)
         if c < 2:
             raise ValueError(f"fpr_penalty needs at least 2 classes, got {c}")
         k = fpr_rank(self.gamma_u, n * (c - 1))
@@ -114,24 +116,9 @@ class FprPenalty(MarginLoss):
         with torch.no_grad():
             counts = torch.bincount(rows, minlength=local_rows).to(cos.dtype)
             instance_fpr = layout.sum_over_classes(counts) / (c - 1)  # Eq. 9
-            self.last_instance_fpr = instance_fpr
-            self._record(threshold, k, instance_fpr, weighted_fpr.detach(), penalty.detach())
+        self.last_instance_fpr = instance_fpr
+        self.last_stats = FprStats.summarize(threshold, k, instance_fpr, penalty, weighted_fpr=weighted_fpr).as_dict()
         return logits
-
-    def _record(self, threshold, k, instance_fpr, weighted_fpr, penalty) -> None:
-        summary = torch.stack(
-            [
-                threshold.to(instance_fpr.dtype),
-                instance_fpr.mean(),
-                instance_fpr.max(),
-                weighted_fpr.mean(),
-                weighted_fpr.max(),
-                penalty.mean(),
-            ]
-        ).tolist()
-        names = ("threshold", "instance_fpr_mean", "instance_fpr_max", "weighted_fpr_mean", "weighted_fpr_max", "penalty_mean")
-        self.last_stats = dict(zip(names, summary))
-        self.last_stats["k"] = float(k)
 
     def extra_repr(self) -> str:
         return (

@@ -26,6 +26,7 @@ import torch
 from fpr_plugin.losses.entries import EntryGradients, weight_detached_entries
 from fpr_plugin.losses.margin import MarginLoss, scaled_logits, target_entries
 from fpr_plugin.losses.selection import mine_above_threshold
+from fpr_plugin.losses.stats import FprStats
 from fpr_plugin.losses.validation import check_cosines, check_features, check_real
 from fpr_plugin.registry import register_loss
 
@@ -59,9 +60,10 @@ class FprPenaltyTFace(MarginLoss):
         labels = check_cosines(cos, labels)
         check_features(norm_embeddings, norm_weight, cos, "fpr_penalty_tface")
         layout = self.layout
+        layout.check_not_silently_local("fpr_penalty_tface")
         local_rows, local_classes = cos.shape
         n = layout.global_rows(local_rows, cos.device)
-        c = layout.global_classes(local_classes)
+        c = layout.global_classes(local_classes, cos.device)
         if c < 2:
             raise ValueError(f"fpr_penalty_tface needs at least 2 classes, got {c}")
         rows_t, cols_t = target_entries(labels)
@@ -103,23 +105,10 @@ class FprPenaltyTFace(MarginLoss):
 
         with torch.no_grad():
             instance_fpr = mined_count / (c - 1)
-            self.last_instance_fpr = instance_fpr
             has_target = torch.isfinite(cos_y)
-            factor = torch.where(has_target, 1.0 + cos_y, torch.ones_like(cos_y))
-            penalty = factor * penalty_base.detach()
-            summary = torch.stack(
-                [
-                    threshold.to(cos.dtype),
-                    instance_fpr.mean(),
-                    instance_fpr.max(),
-                    penalty_base.detach().mean(),
-                    penalty_base.detach().max(),
-                    penalty.mean(),
-                ]
-            ).tolist()
-        names = ("threshold", "instance_fpr_mean", "instance_fpr_max", "weighted_fpr_mean", "weighted_fpr_max", "penalty_mean")
-        self.last_stats = dict(zip(names, summary))
-        self.last_stats["k"] = float(k)
+            penalty = torch.where(has_target, 1.0 + cos_y, torch.ones_like(cos_y)) * penalty_base.detach()
+        self.last_instance_fpr = instance_fpr
+        self.last_stats = FprStats.summarize(threshold, k, instance_fpr, penalty, mined_cos2=penalty_base).as_dict()
         return logits
 
     def extra_repr(self) -> str:

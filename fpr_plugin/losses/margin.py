@@ -116,9 +116,18 @@ class MarginLoss(torch.nn.Module):
     """Base of every loss here: scale ``s``, the target transform, stats and layout.
 
     ``layout`` (a :class:`fpr_plugin.distributed.Layout`) says how the batch
-    and classes are split over processes; :class:`fpr_plugin.heads.ClassifierHead`
-    sets it. ``last_stats`` (plain floats) and ``last_instance_fpr`` describe
-    the last call (empty / None for pure margin losses).
+    and classes are split over processes. :class:`fpr_plugin.heads.ClassifierHead`
+    sets it; a loss used in another head is given it explicitly::
+
+        loss = build_loss("fpr_penalty", gamma_u=1e-4).shard_classes(num_classes)   # PartialFC_V2
+        loss = build_loss("fpr_penalty").shard_classes(sampled=True)                # sample_rate < 1
+        loss = build_loss("fpr_penalty").data_parallel()                            # all classes per rank
+
+    The FPR losses refuse to run with a local layout under several ranks
+    (``per_rank()`` asks for a per-rank threshold on purpose). ``last_stats``
+    (plain floats, see :class:`fpr_plugin.losses.stats.FprStats`) and
+    ``last_instance_fpr`` describe the last call (empty / None for pure
+    margin losses).
     """
 
     def __init__(self, s: float) -> None:
@@ -127,6 +136,36 @@ class MarginLoss(torch.nn.Module):
         self.layout = Layout.local()
         self.last_stats: dict[str, float] = {}
         self.last_instance_fpr: torch.Tensor | None = None
+
+    def set_layout(self, layout: Layout) -> "MarginLoss":
+        """Use ``layout`` for the global counts, sums and threshold; returns self."""
+        if not isinstance(layout, Layout):
+            raise TypeError(f"layout must be a fpr_plugin.distributed.Layout, got {type(layout).__name__}")
+        self.layout = layout
+        return self
+
+    def shard_classes(self, num_classes: int | None = None, group=None, sampled: bool = False) -> "MarginLoss":
+        """Class-sharded (each rank: the global batch, its own class block of ``num_classes``); returns self.
+
+        ``sampled=True`` is PartialFC's ``sample_rate < 1``: each rank holds the
+        columns it sampled, and ``c`` is their count over all ranks (no
+        ``num_classes`` then).
+        """
+        if sampled:
+            if num_classes is not None:
+                raise ValueError("shard_classes(sampled=True) counts the sampled columns itself: leave num_classes out")
+            return self.set_layout(Layout.class_sampled(group))
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"shard_classes needs num_classes, the class count over all ranks (an int >= 1), got {num_classes!r}")
+        return self.set_layout(Layout.class_sharded(num_classes, group))
+
+    def data_parallel(self, group=None) -> "MarginLoss":
+        """Every rank holds all classes and its own rows; the threshold is the global batch's. Returns self."""
+        return self.set_layout(Layout.data_parallel(group))
+
+    def per_rank(self) -> "MarginLoss":
+        """Each rank computes its own threshold and FPRs, on purpose, under any world size. Returns self."""
+        return self.set_layout(Layout.per_rank())
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
         """``G(cos_y)`` before scaling."""

@@ -17,17 +17,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from fpr_plugin.losses.stats import LOG_LABELS
+
 __all__ = ["GroupFprMeter", "TrainingMonitor", "format_record", "get_logger"]
 
 LOGGER_NAME = "fpr_plugin.train"
 
-# last_stats keys of the FPR-penalty losses, and how a log line labels them.
-_STAT_LABELS = (
-    ("threshold", "T_u"),
-    ("instance_fpr_mean", "FPR mean"),
-    ("instance_fpr_max", "FPR max"),
-    ("penalty_mean", "penalty"),
-)
 
 
 def get_logger() -> logging.Logger:
@@ -92,7 +87,7 @@ def format_record(record: Mapping[str, Any]) -> str:
         f"{record['samples_per_s']:.1f} samples/s",
         f"ETA {datetime.timedelta(seconds=round(record['eta_s']))}",
     ]
-    for key, label in _STAT_LABELS:
+    for key, label in LOG_LABELS:
         if key in record:
             parts.append(f"{label} {record[key]:.4g}")
     groups = sorted({k.split("/", 1)[1] for k in record if k.startswith("group_fpr_mean/")})

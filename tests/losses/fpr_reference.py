@@ -146,5 +146,5 @@ def tface_loss(x: torch.Tensor, W: torch.Tensor, labels: list[int], *, s: float 
         "k": k,
         "excluded": excluded,
         "instance_fpr": [count / (c - 1) for count in mined_counts],
-        "weighted_fpr": penalties,
+        "mined_cos2": penalties,
     }

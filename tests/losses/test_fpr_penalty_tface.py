@@ -58,13 +58,13 @@ def test_loss_and_gradients_match_loop_reference(case):
     assert loss.last_stats["k"] == max(1, ref["k"])
     assert loss.last_stats["threshold"] == pytest.approx(ref["threshold"], abs=1e-12)
     torch.testing.assert_close(loss.last_instance_fpr, torch.tensor(ref["instance_fpr"], dtype=torch.float64))
-    assert loss.last_stats["weighted_fpr_max"] == pytest.approx(max(ref["weighted_fpr"]))
+    assert loss.last_stats["mined_cos2_max"] == pytest.approx(max(ref["mined_cos2"]))
 
 
 def test_cases_exercise_exclusion_mining_and_both_gradient_routes():
     x, W, labels = make_batch(**CASES["random"])
     ref = reference(x, W, labels)
-    assert ref["excluded"] > 0 and max(ref["weighted_fpr"]) > 0
+    assert ref["excluded"] > 0 and max(ref["mined_cos2"]) > 0
     cos = F.normalize(x, dim=1) @ F.normalize(W, dim=1).T
     mined = [
         (i, j)
@@ -121,7 +121,7 @@ def test_gradcheck_embeddings():
         return F.cross_entropy(loss(xn @ wn.T, labels, norm_embeddings=xn, norm_weight=wn), labels)
 
     assert torch.autograd.gradcheck(fn, (x.requires_grad_(),), eps=1e-6, atol=1e-6)
-    assert loss.last_stats["weighted_fpr_max"] > 0
+    assert loss.last_stats["mined_cos2_max"] > 0
 
 
 def test_needs_features_and_registry_defaults():
