@@ -1,6 +1,7 @@
-"""Export a trained fpr_plugin backbone to an insightface-compatible ONNX model.
+"""Export a trained fpr_plugin backbone, or an arcface_torch backbone.pth, to an insightface-compatible ONNX model.
 
-Usage: python export/to_onnx.py CHECKPOINT --output model.onnx [--opset N] [--batch dynamic|N] [--recipe R]
+Usage: python export/to_onnx.py CHECKPOINT --output model.onnx [--network r50] [--embedding-size 512]
+       [--opset N] [--batch dynamic|N] [--recipe R]
 (the same as the ``fpr-export`` console script; the library part is fpr_plugin.export).
 """
 

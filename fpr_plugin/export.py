@@ -7,6 +7,11 @@ Before the file appears under its final name the export checks itself:
 onnxruntime against torch on random and real images, and insightface's
 ``model_zoo.get_model`` must route it to ``ArcFaceONNX`` with mean/std 127.5 and
 give the torch embedding for an aligned BGR face.
+
+Besides fpr-train's ``model.pt`` (with ``config.json`` beside it) and full
+checkpoints, a bare arcface_torch ``backbone.pth`` exports: its network and
+embedding size are read off its keys, or given with ``--network`` and
+``--embedding-size`` (which must then agree with the keys).
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from fpr_plugin.backbones.iresnet import IRESNET_LAYERS
+from fpr_plugin.backbones.state_dicts import (
+    StateDictMismatch,
+    check_state_dict,
+    infer_iresnet,
+    normalize_state_dict,
+)
 
 __all__ = [
     "INPUT_NAME",
@@ -93,13 +106,6 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def _strip_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop a DDP ``module.`` prefix shared by every key."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
 def _load_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -134,11 +140,17 @@ def load_checkpoint(
     checkpoint_path: str | os.PathLike,
     recipe: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    network: str | None = None,
+    embedding_size: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read ``(backbone state_dict, config)`` from ``model.pt`` or a full checkpoint.
+    """Read ``(backbone state_dict, config)`` from ``model.pt``, a full checkpoint or a ``backbone.pth``.
 
     The config comes from ``recipe`` when given (a recipe ``.py`` or a ``config.json``),
-    else from the checkpoint's ``config`` entry, else from ``config.json`` beside it.
+    else from the checkpoint's ``config`` entry, else from ``config.json`` beside it,
+    else (a bare state dict such as arcface_torch's ``backbone.pth``) from the keys.
+    ``network`` and ``embedding_size`` override the config; given explicitly, they
+    must agree with the keys (ValueError naming both). The state dict comes back
+    with arcface_torch's key names and no ``module.`` prefix.
     ``trust_checkpoint`` allows arbitrary pickled objects (``weights_only=False``).
     """
     path = Path(checkpoint_path)
@@ -162,46 +174,59 @@ def load_checkpoint(
             f"{path} is not a model checkpoint: expected a backbone state_dict or a dict with "
             f"a 'backbone' state_dict, found {found}"
         )
+    state_dict = normalize_state_dict(state_dict)
+    from_keys = False
     if recipe is not None:
         config = _load_recipe(recipe)
     elif config is None:
         beside = path.parent / "config.json"
-        if not beside.is_file():
-            raise FileNotFoundError(
-                f"no config for {path}: expected {beside} (written by the trainer) or --recipe"
-            )
-        config = _load_json(beside)
+        if beside.is_file():
+            config = _load_json(beside)
+        else:  # a bare state dict (arcface_torch's backbone.pth): the keys say what it is
+            config, from_keys = {}, True
     config = dict(config)
+    if network is not None:
+        config["network"] = str(network)
+    if embedding_size is not None:
+        config["embedding_size"] = int(embedding_size)
+    _fill_from_keys(config, state_dict, path, from_keys, network, embedding_size)
     for key in ("network", "embedding_size"):
         if config.get(key) is None:
             raise ValueError(f"config for {path} has no {key!r}")
-    return _strip_prefix(state_dict), config
+    return state_dict, config
 
 
-def _summarise(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Raise ValueError listing missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_summarise(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches (checkpoint != network): {_summarise(mismatched)}")
-    if problems:
-        raise ValueError("state dict does not match the network: " + "; ".join(problems))
+def _fill_from_keys(
+    config: dict, state_dict: Mapping[str, torch.Tensor], path: Path, from_keys: bool,
+    network: str | None, embedding_size: int | None,
+) -> None:
+    """Fill ``network``/``embedding_size``/``backbone_params`` from the keys and check explicit ones."""
+    needed = config.get("network") is None or config.get("embedding_size") is None
+    explicit = network is not None or embedding_size is not None
+    known = config.get("network")
+    if not (needed or from_keys or explicit) or (known is not None and known not in IRESNET_LAYERS):
+        return  # nothing to fill or check, or not an IResNet: build_model checks the keys
+    try:
+        spec = infer_iresnet(state_dict, str(path))
+    except StateDictMismatch as exc:
+        raise ValueError(str(exc)) from None
+    if config.get("network") is None:
+        config["network"] = spec.network
+    elif config["network"] != spec.network:
+        given = f"--network {network}" if network is not None else f"config network {config['network']!r}"
+        raise ValueError(
+            f"{given} does not fit {path}: its keys are an IResNet {spec.network} "
+            f"(blocks per stage {spec.layers}, {config['network']} has {IRESNET_LAYERS[config['network']]})"
+        )
+    if config.get("embedding_size") is None:
+        config["embedding_size"] = spec.embedding_size
+    elif embedding_size is not None and int(embedding_size) != spec.embedding_size:
+        raise ValueError(
+            f"--embedding-size {embedding_size} does not fit {path}: its fc/features give "
+            f"embedding size {spec.embedding_size}"
+        )
+    if from_keys or config.get("backbone_params") is None:
+        config["backbone_params"] = {**spec.backbone_params(), **dict(config.get("backbone_params") or {})}
 
 
 def build_model(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> nn.Module:
@@ -430,9 +455,12 @@ def export_onnx(
     batch: str | int = "dynamic",
     tolerance: float = DEFAULT_TOLERANCE,
     trust_checkpoint: bool = False,
+    network: str | None = None,
+    embedding_size: int | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint to ONNX, verify it, then move it to ``output_path``.
 
+    ``network``/``embedding_size`` override or fill the config (see :func:`load_checkpoint`).
     Returns a report with the metadata, the graph's input/output and the check figures.
     """
     output = Path(output_path)
@@ -441,7 +469,7 @@ def export_onnx(
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(output.parent)!r} does not exist")
     fixed_batch = _parse_batch(batch)
-    state_dict, config = load_checkpoint(checkpoint_path, recipe, trust_checkpoint)
+    state_dict, config = load_checkpoint(checkpoint_path, recipe, trust_checkpoint, network, embedding_size)
     model = build_model(state_dict, config)
     metadata = _metadata(config, recipe)
 
@@ -500,9 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained backbone (model.pt or a full checkpoint) to an "
         "insightface-compatible ONNX recognition model, with self-checks.",
     )
-    parser.add_argument("checkpoint", help="model.pt (config.json beside it) or a full checkpoint")
+    parser.add_argument(
+        "checkpoint",
+        help="model.pt (config.json beside it), a full checkpoint, or an arcface_torch backbone.pth",
+    )
     parser.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     parser.add_argument("--recipe", help="recipe .py or config.json (default: the checkpoint's config)")
+    parser.add_argument("--network", help="backbone name, e.g. r50 (default: the config's, else read off the keys)")
+    parser.add_argument("--embedding-size", type=int,
+                        help="embedding size (default: the config's, else read off the keys)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -513,15 +547,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (2: bad input, 1: a failed self-check)."""
     args = build_parser().parse_args(argv)
     try:
         report = export_onnx(args.checkpoint, args.output, recipe=args.recipe, opset=args.opset,
                              batch=args.batch, tolerance=args.tolerance,
-                             trust_checkpoint=args.trust_checkpoint)
-    except (ValueError, FileNotFoundError, ExportCheckError, RuntimeError) as exc:
-        print(f"fpr-export: error: {exc}", file=sys.stderr)
+                             trust_checkpoint=args.trust_checkpoint, network=args.network,
+                             embedding_size=args.embedding_size)
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # the user's input: exit 2
+        print(f"fpr-export: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (ExportCheckError, RuntimeError) as exc:  # the export failed its self-checks
+        print(f"fpr-export: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2) if args.json else _format_report(report))
     return 0

@@ -23,6 +23,11 @@ config.backbone_params = {}
 config.embedding_size = 512
 # Dropout before the backbone's final FC layer (0 disables it).
 config.dropout = 0.0
+# Pretrained backbone a fresh run starts from (fine-tuning): an arcface_torch
+# backbone.pth or an fpr-train model.pt, keys with or without "module.". Its
+# depth and embedding size must be the recipe's. None: random initialisation.
+# Not read on resume, where the checkpoint's weights win.
+config.init_backbone = None
 
 # ---- data ------------------------------------------------------------------
 # Record folder holding train.rec, train.idx and property (InsightFace layout);

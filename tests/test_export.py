@@ -219,8 +219,9 @@ def test_missing_paths(run_dir, tmp_path):
         export_onnx(run_dir / "model.pt", tmp_path / "absent" / "m.onnx")
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         export_onnx(tmp_path / "nothing.pt", tmp_path / "m.onnx")
-    torch.save(trained_like_backbone().state_dict(), tmp_path / "model.pt")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    # no config.json and keys that are no IResNet's: nothing says what network it is
+    torch.save({"weight": torch.zeros(2, 2)}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="model.pt is not an IResNet state dict"):
         export_onnx(tmp_path / "model.pt", tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="batch"):
         export_onnx(run_dir / "model.pt", tmp_path / "m.onnx", batch="many")
@@ -231,7 +232,7 @@ def test_cli_reports_figures_and_errors(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max abs diff" in out and "ArcFaceONNX" in out and "127.5/127.5" in out
     assert (tmp_path / "cli.onnx").is_file()
-    assert main([str(run_dir / "model.pt"), "--output", str(tmp_path / "no" / "x.onnx")]) == 1
+    assert main([str(run_dir / "model.pt"), "--output", str(tmp_path / "no" / "x.onnx")]) == 2
     assert "output folder" in capsys.readouterr().err
 
 
@@ -265,3 +266,110 @@ def test_face_analysis_picks_it_up_from_a_model_pack(exported, tmp_path):
     assert recognition.model_file.endswith("fpr_r18.onnx")
     assert (recognition.input_mean, recognition.input_std) == (127.5, 127.5)
     assert app.models["detection"].model_file.endswith("det_standin.onnx")
+
+
+# --------------------------------------------------------------------------- arcface_torch backbone.pth
+
+
+def arcface_style(state_dict, prefix: str = "") -> dict:
+    """A bare state dict as arcface_torch saves one: no config anywhere, optional DDP prefix."""
+    return {prefix + k: v.clone() for k, v in state_dict.items()}
+
+
+def _onnx_matches(path, model) -> bool:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    return bool(np.allclose(session.run(None, {"data": x})[0], ref, atol=1e-4 * np.abs(ref).max()))
+
+
+def test_bare_state_dict_with_network_exports_with_the_checks(tmp_path, capsys):
+    folder = tmp_path / "pretrained"  # no config.json beside the file
+    folder.mkdir()
+    model = trained_like_backbone(seed=11)
+    torch.save(arcface_style(model.state_dict(), "module."), folder / "backbone.pth")
+    out = tmp_path / "model.onnx"
+    assert main([str(folder / "backbone.pth"), "--network", "r18", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ArcFaceONNX" in printed and "network r18" in printed
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    # embedding size and width came from the keys (fc rows, stem channels)
+    assert (meta["network"], meta["embedding_size"]) == ("r18", "32")
+    assert json.loads(meta["backbone_params"]) == {"width": 8}
+    assert meta["recipe"] == "" and meta["loss"] == ""
+    assert _onnx_matches(out, model)
+
+
+def test_bare_state_dict_network_inferred_from_the_keys(tmp_path):
+    model = trained_like_backbone(seed=12, stem_stride=2, embedding_size=24)
+    torch.save(arcface_style(model.state_dict()), tmp_path / "backbone.pth")
+    report = export_onnx(tmp_path / "backbone.pth", tmp_path / "m.onnx")
+    meta = report["metadata"]
+    assert (meta["network"], meta["embedding_size"]) == ("r18", "24")
+    assert json.loads(meta["backbone_params"]) == {"width": 8, "stem_stride": 2}
+    assert _onnx_matches(tmp_path / "m.onnx", model)
+
+
+def test_network_or_embedding_size_that_disagrees_with_the_keys(tmp_path, capsys):
+    torch.save(arcface_style(trained_like_backbone().state_dict()), tmp_path / "backbone.pth")
+    args = [str(tmp_path / "backbone.pth"), "--output", str(tmp_path / "m.onnx")]
+    assert main(args + ["--network", "r34"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--network r34 does not fit" in err
+    assert "backbone.pth" in err and "IResNet r18" in err
+    assert main(args + ["--embedding-size", "512"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--embedding-size 512" in err and "embedding size 32" in err and err.count("\n") == 0
+    assert list(tmp_path.iterdir()) == [tmp_path / "backbone.pth"]  # nothing half-written
+
+
+def test_blocks_that_fit_no_depth_name_the_closest(tmp_path, capsys):
+    state = trained_like_backbone().state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("layer3.1.")}
+    torch.save(state, tmp_path / "backbone.pth")
+    assert main([str(tmp_path / "backbone.pth"), "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "blocks per stage (2, 2, 1, 2) fit no IResNet depth; closest is r18 (2, 2, 2, 2)" in err
+
+
+def test_old_shortcut_keys_export(tmp_path):
+    """model.pt files written before the projection was called downsample still export."""
+    model = trained_like_backbone(seed=4)
+    old = {k.replace(".downsample.", ".shortcut."): v for k, v in model.state_dict().items()}
+    assert any(".shortcut." in k for k in old)
+    torch.save(old, tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    export_onnx(tmp_path / "model.pt", tmp_path / "m.onnx")
+    assert _onnx_matches(tmp_path / "m.onnx", model)
+
+
+def test_missing_batchnorm_counters_are_not_a_problem(tmp_path):
+    model = trained_like_backbone(seed=6)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "backbone.pth")
+    export_onnx(tmp_path / "backbone.pth", tmp_path / "m.onnx", network="r18")
+    assert _onnx_matches(tmp_path / "m.onnx", model)
+
+
+def test_fpr_eval_audits_an_exported_backbone_pth(tmp_path):
+    """The file exported from a bare state dict is an ordinary model to fpr-eval."""
+    from fpr_plugin.eval import cli as eval_cli
+
+    torch.save(arcface_style(trained_like_backbone(seed=8).state_dict()), tmp_path / "backbone.pth")
+    export_onnx(tmp_path / "backbone.pth", tmp_path / "pretrained.onnx", network="r18")
+    folder = tmp_path / "dense"
+    folder.mkdir()
+    rows = ["path,identity,group"]
+    for i, face in enumerate(photo_faces(6)):
+        for j, img in enumerate((face, cv2.GaussianBlur(face, (3, 3), 0))):
+            cv2.imwrite(str(folder / f"{i}_{j}.jpg"), img)
+            rows.append(f"{i}_{j}.jpg,p{i},{'G1' if i < 3 else 'G2'}")
+    (folder / "dense.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "audit"
+    argv = ["--model", str(tmp_path / "pretrained.onnx"), "--dense", str(folder / "dense.csv"),
+            "--output", str(out), "--fpr", "0.1", "--no-progress"]
+    assert eval_cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    dense = report["models"]["pretrained"]["datasets"]["dense-dense"]["dense"]
+    assert dense["n_impostor"] == {"G1": 12, "G2": 12}  # 3 identities x 2 images per group

@@ -9,20 +9,32 @@ Layout, for a 112x112 RGB input normalised to [-1, 1]:
   shortcut (1x1 conv with the stride + BN when the shape changes)
 * head: BN -> dropout -> flatten -> FC to ``embedding_size`` -> BN1d
 
+Module names, and so state-dict keys, are arcface_torch's (``backbones/iresnet.py``):
+a ``backbone.pth`` it saves loads here with ``strict=True`` and ours load there.
+The projection shortcut is ``downsample``; state dicts saved before it had that
+name (``...shortcut.0.weight``) still load (:func:`rename_legacy_keys`).
+
 With ``fp16`` the convolutional body runs under autocast on CUDA only; the
 FC layer and the output BN always run in float32.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, MutableMapping, Sequence
 
 import torch
 from torch import nn
 
 from fpr_plugin.registry import register_backbone
 
-__all__ = ["IResNet", "IBasicBlock", "IRESNET_LAYERS", "output_resolution"]
+__all__ = [
+    "IResNet",
+    "IBasicBlock",
+    "IRESNET_LAYERS",
+    "LEGACY_KEY_NAMES",
+    "output_resolution",
+    "rename_legacy_keys",
+]
 
 #: Blocks per stage for each registered depth.
 IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -34,6 +46,26 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
 }
 
 BN_EPS = 1e-5
+
+#: Module names of earlier fpr_plugin versions -> arcface_torch's names (used in state dicts).
+LEGACY_KEY_NAMES: dict[str, str] = {"shortcut": "downsample"}
+
+
+def rename_legacy_keys(state_dict: MutableMapping[str, Any], prefix: str = "") -> None:
+    """Rename, in place, a block's old keys (``<prefix>shortcut.*``) to arcface_torch's (``<prefix>downsample.*``).
+
+    With ``prefix=""`` every key is examined: ``layer1.0.shortcut.0.weight`` becomes
+    ``layer1.0.downsample.0.weight``. A key whose new name is already present is left alone.
+    """
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        parts = key[len(prefix):].split(".")
+        renamed = [LEGACY_KEY_NAMES.get(part, part) for part in parts[:-1]] + parts[-1:]
+        if renamed != parts:
+            new_key = prefix + ".".join(renamed)
+            if new_key not in state_dict:
+                state_dict[new_key] = state_dict.pop(key)
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -55,7 +87,7 @@ def output_resolution(input_size: int = 112, stem_stride: int = 1) -> int:
 
 
 class IBasicBlock(nn.Module):
-    """Improved residual block: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN + shortcut."""
+    """Improved residual block: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN + shortcut (``downsample``)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
@@ -65,20 +97,26 @@ class IBasicBlock(nn.Module):
         self.prelu = nn.PReLU(out_channels)
         self.conv2 = conv3x3(out_channels, out_channels, stride)
         self.bn3 = nn.BatchNorm2d(out_channels, eps=BN_EPS)
-        self.shortcut: nn.Module
+        # arcface_torch's name for the projection shortcut (state-dict keys "downsample.0/1.*")
+        self.downsample: nn.Module
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(out_channels, eps=BN_EPS),
             )
         else:
-            self.shortcut = nn.Identity()
+            self.downsample = nn.Identity()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # older fpr_plugin state dicts call the shortcut "shortcut": load them too
+        rename_legacy_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.bn1(x))
         out = self.prelu(self.bn2(out))
         out = self.bn3(self.conv2(out))
-        return out + self.shortcut(x)
+        return out + self.downsample(x)
 
 
 def _autocast_dtype(fp16: bool | str) -> torch.dtype | None:

@@ -64,6 +64,8 @@ RESUMABLE_KEYS = frozenset(
         "max_steps",
         "tensorboard",
         "loss_params_skipped",
+        # read only when a run starts fresh; on resume the checkpoint's weights win
+        "init_backbone",
     }
 )
 

@@ -48,8 +48,18 @@ def _dry_run(cfg) -> int:
         fill_from_records(cfg)
     backbone, head, _ = build_model(cfg)
     params = sum(p.numel() for p in backbone.parameters())
+    if cfg.get("init_backbone"):  # check that the pretrained weights fit (a fresh run loads them)
+        from fpr_plugin.backbones.pretrained import InitBackboneError, load_init_backbone
+
+        try:
+            load_init_backbone(backbone, cfg.init_backbone, cfg)
+        except InitBackboneError as exc:
+            print(f"fpr-train: error: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     print(f"backbone {cfg.network}: {params / 1e6:.2f}M parameters; classifier {tuple(head.weight.shape)}")
+    if cfg.get("init_backbone"):
+        print(f"init_backbone {cfg.init_backbone}: fits the recipe's {cfg.network}")
     return 0
 
 
@@ -66,10 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return _dry_run(cfg)
+    from fpr_plugin.backbones.pretrained import InitBackboneError
     from fpr_plugin.train.trainer import NonFiniteLossError, train
 
     try:
         train(cfg)
+    except InitBackboneError as exc:  # the recipe's init_backbone does not fit: bad input
+        print(f"fpr-train: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, NonFiniteLossError) as exc:
         print(f"fpr-train: error: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,7 @@ OPTIONAL_TYPES: dict[str, type] = {
     "output": str,
     "max_steps": int,
     "grad_clip": float,
+    "init_backbone": str,
 }
 # Dict-valued keys merged one level deep (recipe entries update base entries).
 MERGED_DICT_KEYS = ("backbone_params", "loss_params")

@@ -300,10 +300,12 @@ class _Run:
                     f"output {str(self.output)!r} already holds checkpoints (last at step {found.global_step}); "
                     "pass --resume to continue that run or choose another output with --set output=DIR"
                 )
+            self._init_backbone()
             self._seed_rngs()
             return
         if found is None:
             self.logger.warning("resume: no complete checkpoint in %s, starting from scratch", self.output)
+            self._init_backbone()
             self._seed_rngs()
             return
         state = self._load_for_this_rank(found)
@@ -329,6 +331,15 @@ class _Run:
             "resumed from %s (world size %d): epoch %d, step %d, global step %d",
             found.folder, found.world_size, self.epoch, self.step_in_epoch, self.global_step,
         )
+
+    def _init_backbone(self) -> None:
+        """A fresh run: load ``init_backbone`` (pretrained weights) into the backbone when it is set."""
+        if not self.cfg.get("init_backbone"):
+            return
+        from fpr_plugin.backbones.pretrained import load_init_backbone
+
+        load_init_backbone(self.backbone, self.cfg.init_backbone, self.cfg)
+        self.logger.info("initialised the backbone from init_backbone %s", self.cfg.init_backbone)
 
     def _load_for_this_rank(self, found: ckpt.CompleteCheckpoint) -> dict:
         if found.world_size == self.env.world_size:

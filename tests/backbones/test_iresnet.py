@@ -88,7 +88,7 @@ def test_each_stage_halves_resolution_and_doubles_width():
 def test_block_computes_the_described_branch():
     torch.manual_seed(0)
     block = IBasicBlock(4, 8, stride=2).eval()
-    for bn in (block.bn1, block.bn2, block.bn3, block.shortcut[1]):
+    for bn in (block.bn1, block.bn2, block.bn3, block.downsample[1]):
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
         bn.weight.data.uniform_(0.5, 2)
@@ -103,7 +103,7 @@ def test_block_computes_the_described_branch():
     branch = F.conv2d(branch, block.conv1.weight, padding=1)
     branch = F.prelu(bn(branch, block.bn2), block.prelu.weight)
     branch = bn(F.conv2d(branch, block.conv2.weight, stride=2, padding=1), block.bn3)
-    shortcut = bn(F.conv2d(x, block.shortcut[0].weight, stride=2), block.shortcut[1])
+    shortcut = bn(F.conv2d(x, block.downsample[0].weight, stride=2), block.downsample[1])
     with torch.no_grad():
         assert torch.allclose(block(x), branch + shortcut, atol=1e-5)
 
