@@ -203,11 +203,15 @@ def resolve_config(root: Path, config: str, loss: str | None, overrides: Iterabl
         host_sets = [(path, value) for text, path, value in parsed if text not in recipe_sets]
         try:
             resolved = load_config(config, loss=loss, overrides=recipe_sets)
-            if resolved.num_classes is None or resolved.num_image is None:
-                fill_from_records(resolved)
         except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
             raise HostError(f"recipe {config}: {exc}") from exc
-        cfg, dropped = translate_recipe(resolved, base, world_size)
+        cfg, dropped = translate_recipe(resolved, base, world_size)  # refuses what the host cannot express
+        if resolved.num_classes is None or resolved.num_image is None:
+            try:
+                fill_from_records(resolved)
+            except (FileNotFoundError, ValueError) as exc:
+                raise HostError(f"recipe {config}: {exc}") from exc
+            cfg.num_classes, cfg.num_image = resolved.num_classes, resolved.num_image
         if dropped:
             notices.append(f"recipe keys {', '.join(dropped)} are fpr-train's bookkeeping; arcface_torch keeps its own (per-epoch checkpoints)")
     explicit = _apply_host_overrides(cfg, host_sets)
