@@ -258,3 +258,63 @@ def test_launcher_trains_a_few_steps_of_the_real_train_v2(loss, tmp_path):
 
     ours = build_backbone("r18", embedding_size=32)
     ours.load_state_dict(state)  # the host's model.pt loads into our IResNet
+
+
+@pytest.mark.host
+@pytest.mark.slow
+@needs_host
+def test_config_route_runs_the_stock_train_v2_with_install_in_the_config(tmp_path):
+    """A config in the checkout's configs/ that calls install(config); the host's script run as it is."""
+    python = _host_python()
+    root = tmp_path / "arcface_torch"
+    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns("docs", "*.md"))
+    write_records(tmp_path / "rec", classes=8, per_class=2)
+    template = (REPO / "fpr_plugin" / "hosts" / "arcface_torch" / "config_template.py").read_text()
+    small = (f"config.rec = {str(tmp_path / 'rec')!r}\nconfig.num_classes = 8\nconfig.num_image = 16\n"
+             "config.batch_size = 4\nconfig.num_epoch = 2\nconfig.lr_steps = [1.5]\nconfig.network = 'r18'\n"
+             "config.embedding_size = 32\nconfig.fp16 = False\nconfig.frequent = 2\nconfig.num_workers = 0\n"
+             f"config.output = {str(tmp_path / 'out')!r}\nconfig.loss_params = {{'gamma_u': 0.05}}\n")
+    (root / "configs" / "fpr_tiny.py").write_text(template.replace("\ninstall(config)", "\n" + small + "install(config)"))
+    # CPU only: the stand-ins the launcher's --device cpu uses; nothing of fpr_plugin is installed before the config runs
+    driver = ("import sys, runpy\nsys.path.insert(0, '.')\n"
+              "from fpr_plugin.hosts.arcface_torch import mxnet_standin\nmxnet_standin.install()\n"
+              "from fpr_plugin.hosts.arcface_torch.cpu import enable_cpu\nimport dataset, utils.utils_distributed_sampler as s\n"
+              "enable_cpu(dataset, s)\n"
+              "sys.argv = ['train_v2.py', 'configs/fpr_tiny']\nrunpy.run_path('train_v2.py', run_name='__main__')\n")
+    result = subprocess.run([python, "-c", driver], cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "out" / "training.log").read_text()
+    assert log.count("fpr_plugin fpr_penalty | step") == 4  # 8 steps over 2 epochs, every 2nd
+    rates = [float(line.split("LearningRate ")[1].split()[0]) for line in log.splitlines() if "LearningRate" in line]
+    assert rates == pytest.approx([0.1, 0.01, 0.01])  # logged after steps 4, 6, 8: decay at epoch 1.5
+
+
+@pytest.mark.host
+@pytest.mark.slow
+@pytest.mark.distributed
+@needs_host
+def test_launcher_under_torchrun_two_ranks(tmp_path):
+    python = _host_python()
+    write_records(tmp_path / "rec", classes=8, per_class=2)
+    out = tmp_path / "out"
+    cmd = [python, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "fpr_plugin.hosts.arcface_torch", "--root", ROOT, "configs/ms1mv3_r50", "--loss", "fpr_penalty",
+           "--mxnet-standin", "--device", "cpu", "--set", f"rec={tmp_path / 'rec'}", "--set", "num_classes=8",
+           "--set", "num_image=16", "--set", "batch_size=2", "--set", "num_epoch=1", "--set", "network=r18",
+           "--set", "embedding_size=32", "--set", "fp16=False", "--set", "frequent=2", "--set", "num_workers=0",
+           "--set", f"output={out}", "--set", "val_targets=[]", "--set", "loss_params.gamma_u=0.05"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (out / "training.log").read_text()
+    assert log.count("fpr_plugin fpr_penalty | step") == 2  # rank 0 only: 4 global steps of 2 x 2
+    assert "total_batch_size         4" in log
+    assert (out / "model.pt").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

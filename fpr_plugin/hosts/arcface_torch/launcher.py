@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if device == "cpu":
         from fpr_plugin.hosts.arcface_torch.cpu import enable_cpu
 
-        enable_cpu(import_host_module(root, "dataset"))
+        enable_cpu(import_host_module(root, "dataset"), import_host_module(root, "utils.utils_distributed_sampler"))
     for name in ("losses", "partial_fc_v2", "lr_scheduler"):
         import_host_module(root, name)
     install(cfg)
