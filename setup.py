@@ -29,7 +29,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "scikit-learn"],
+        "test": ["pytest", "scikit-learn", "pyyaml"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={
