@@ -1,24 +1,41 @@
-"""Fairness of CosFace and the FPR penalty on the synthetic benchmark, over several seeds.
+"""Fairness of CosFace and the FPR penalty on the synthetic benchmark: validity checks and paired statistics.
 
-For every seed: draw the benchmark (``fpr_plugin.data.synthetic``, design ``rare``
-by default), train every method below with ``recipes/synthetic_demo.py`` and that
-seed (paired: same data, same initialisation, only the loss differs), embed the
-held-out test identities (dense set, flip test) and measure, at the one global
-threshold that gives overall FPR f over all within-group impostor pairs:
-overall TPR, every group's FPR (as a multiple of f), and the bias summaries
-(std_g(FPR_g)/f = bias degree, max/min, Gini). Also summarised from each run's
-``metrics.jsonl`` (last epoch): the loss's threshold T_u, the penalty, and the
-mean Eq. 9 instance FPR and share of above-threshold entries per group.
+For every seed: draw the benchmark (``fpr_plugin.data.synthetic``), train every
+method below with ``recipes/synthetic_demo.py`` and that seed (paired: same
+data, same initialisation, only the loss differs), embed the held-out test
+identities (dense set, flip test) and measure, at the one global threshold
+that gives overall FPR f over all within-group impostor pairs: overall TPR,
+every group's FPR (a multiple of f) and TPR, the bias summaries (std_g(FPR_g)/f
+= bias degree, max/min, Gini) and the spread of per-identity FPR (each test
+identity's share of its within-group impostor pairs above the threshold). From
+each run's ``metrics.jsonl`` (last epoch): the training loss, the loss's
+threshold T_u and the Eq. 9 instance FPR and share of above-threshold entries
+per group (CosFace measures them through ``stats_gamma_u``, without a gradient).
 
-Prints mean +- std over seeds. Results per run are cached in ``--output`` as JSON,
-so an interrupted bench resumes where it stopped.
+Printed:
 
-    python bench/fairness_synthetic.py --seeds 0 1 2 --output bench_out/fairness
+- **validity checks** per design (from the CosFace runs): the hard group is the
+  highest at test on every seed; it holds >= 1.4x its share of the
+  above-threshold training entries on every seed; training is not saturated
+  (last-epoch loss >= 0.5); and for ``control``: no group's mean FPR/f differs
+  from 1 beyond its 95 % confidence interval over seeds;
+- per method: mean and 95 % t-interval over seeds of each figure, and of the
+  paired difference against CosFace on the same seed.
+
+Each finished run is appended as one JSON line to ``--results`` (default
+``bench/results/fairness_synthetic.jsonl``, committed); runs already there
+are skipped, so an interrupted grid resumes where it stopped. Data and run
+folders go to ``--work`` (default ``bench_out/fairness_synthetic``).
+
+    python bench/fairness_synthetic.py --design dense --size wide --seeds 0 1 2 3 4
+    python bench/fairness_synthetic.py --design control --size wide --methods cosface
+    python bench/fairness_synthetic.py --report            # tables from the results file only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,24 +46,77 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "synthetic_demo.py"
+RESULTS = REPO / "bench" / "results" / "fairness_synthetic.jsonl"
 
-#: label -> (loss, recipe overrides)
+#: label -> (loss, recipe overrides). CosFace measures the training signal at gamma_u 1e-4 (stats_gamma_u).
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cosface": ("cosface", ()),
+    "cosface": ("cosface", ("loss_params.stats_gamma_u=1e-4",)),
     "fpr a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4")),
     "tface": ("fpr_penalty_tface", ()),
     "fpr emb a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4",
                                            "loss_params.penalty_grad=embeddings")),
     "fpr a1 g1e-4": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4")),
+    # alpha 1 ramped in over the first 2 of 6 epochs (74 steps at size wide: 4,800 images, batch 128)
+    "fpr a1 g1e-4 warm": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4",
+                                          "loss_params.alpha_warmup=74")),
+    "fpr a0.03 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.03", "loss_params.gamma_u=1e-4")),
+    "fpr a0.3 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.3", "loss_params.gamma_u=1e-4")),
     "fpr a0.1 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-3")),
+    "fpr a0.03 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.03", "loss_params.gamma_u=1e-3")),
+    "fpr a0.3 g1e-3": ("fpr_penalty", ("loss_params.alpha=0.3", "loss_params.gamma_u=1e-3")),
     "fpr a1 g1e-3": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-3")),
+    "fpr emb a0.3 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.3", "loss_params.gamma_u=1e-4",
+                                           "loss_params.penalty_grad=embeddings")),
 }
+#: The group each design makes hard (None: no group should stand out).
+HARD_GROUP = {"dense": "Dense", "varied": "Dense", "rare": "Rare", "control": None}
 FPRS = (1e-4, 1e-3, 1e-2)
+SHARE_FACTOR = 1.4  # the hard group must hold >= this multiple of its row share above T_u
+SATURATED_LOSS = 0.5  # last-epoch training loss below this: the training set is memorised
 
 
 def _slug(label: str) -> str:
     return label.replace(" ", "_").replace(".", "p")
 
+
+def run_key(design: str, size: str, seed: int, method: str, extra: list[str]) -> str:
+    """The identity of one run in the results file."""
+    return json.dumps([design, size, seed, method, sorted(extra)])
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95 % Student-t quantile (t_{0.975, df})."""
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:  # pragma: no cover - scipy is present with the test extras
+        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+        return table.get(df, 2.0)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, int]:
+    """Mean, half-width of its 95 % t-interval over the values (nan with one value), and their count."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan, 0
+    if len(vals) == 1:
+        return vals[0], math.nan, 1
+    return float(np.mean(vals)), t_quantile(len(vals) - 1) * float(np.std(vals, ddof=1)) / math.sqrt(len(vals)), len(vals)
+
+
+def fmt_ci(values: list[float], digits: int = 3) -> str:
+    m, h, n = mean_ci(values)
+    if n == 0:
+        return "n/a"
+    text = f"{m:.{digits}g}" if math.isnan(h) else f"{m:.{digits}g} ± {h:.2g}"
+    missing = len(values) - n
+    return text + (f" ({missing} n/a)" if missing else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------
 
 def embed_dense(run_dir: Path, dense_csv: Path, batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip-test embeddings (emb(x) + emb(flip(x))) of the dense set with the run's ``model.pt``."""
@@ -68,8 +138,25 @@ def embed_dense(run_dir: Path, dense_csv: Path, batch: int = 256) -> tuple[np.nd
     return np.concatenate(out), np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
 
 
+def identity_fpr(emb: np.ndarray, identities: np.ndarray, groups: np.ndarray, threshold: float) -> dict[str, list[float]]:
+    """Per group, every test identity's FPR: its within-group impostor pairs with score > threshold, over their count."""
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out: dict[str, list[float]] = {}
+    for g in sorted(set(groups.tolist())):
+        idx = np.flatnonzero(groups == g)
+        sim = x[idx] @ x[idx].T
+        ids = identities[idx]
+        impostor = ids[:, None] != ids[None, :]
+        above = ((sim > threshold) & impostor).sum(axis=1)
+        names, inverse = np.unique(ids, return_inverse=True)
+        fp = np.bincount(inverse, weights=above)
+        n = np.bincount(inverse, weights=impostor.sum(axis=1))
+        out[g] = (fp / n).tolist()
+    return out
+
+
 def training_stats(run_dir: Path) -> dict[str, float]:
-    """Means over the last epoch's ``metrics.jsonl`` records of T_u, penalty and the per-group statistics."""
+    """Means over the last epoch's ``metrics.jsonl`` records of the loss, T_u and the per-group statistics."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if not records:
         return {}
@@ -81,18 +168,15 @@ def training_stats(run_dir: Path) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in last if k in r])) for k in sorted(keys)}
 
 
-def run_one(seed: int, label: str, data: Path, out: Path, extra: list[str]) -> dict:
-    """Train one method on one seed's data, evaluate it, cache and return the result."""
+def run_one(design: str, size: str, seed: int, label: str, data: Path, work: Path, extra: list[str]) -> dict:
+    """Train one method on one seed's data and evaluate it; returns the result record."""
     from fpr_plugin.eval.dense import dense_fairness
     from fpr_plugin.train.config import load_config
     from fpr_plugin.train.trainer import train
 
-    result_file = out / f"seed{seed}" / f"{_slug(label)}.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
     loss, overrides = METHODS[label]
-    run_dir = out / f"seed{seed}" / _slug(label)
-    if run_dir.exists():  # an interrupted run of this bench: start it again
+    run_dir = work / f"{design}_{size}" / f"seed{seed}" / _slug(label)
+    if run_dir.exists():  # an interrupted run: start it again
         shutil.rmtree(run_dir)
     cfg = load_config(RECIPE, loss=loss, overrides=[f"rec={data / 'train'}", f"output={run_dir}", f"seed={seed}",
                                                     *overrides, *extra])
@@ -103,110 +187,251 @@ def run_one(seed: int, label: str, data: Path, out: Path, extra: list[str]) -> d
     dense = dense_fairness(emb, identities, groups, fprs=FPRS)
     at = {}
     for entry in dense.at_fpr:
-        g = entry["groups"]
-        at[f"{entry['target_fpr']:g}"] = {
+        g, f = entry["groups"], entry["target_fpr"]
+        per_identity = identity_fpr(emb, identities, groups, entry["threshold"])
+        at[f"{f:g}"] = {
+            "threshold": entry["threshold"],
             "tpr": sum(v["tp"] for v in g.values()) / sum(v["n_genuine"] for v in g.values()),
-            "group_fpr_over_f": {name: v["fpr"] / entry["target_fpr"] for name, v in g.items()},
+            "group_fpr_over_f": {name: v["fpr"] / f for name, v in g.items()},
             "group_tpr": {name: v["tpr"] for name, v in g.items()},
+            "group_fp": {name: v["fp"] for name, v in g.items()},
             "summaries": entry["summaries"],
+            "identity_fpr_over_f": {name: _spread(np.asarray(v) / f) for name, v in per_identity.items()},
+            "identity_fpr_over_f_all": _spread(np.concatenate([np.asarray(v) for v in per_identity.values()]) / f),
         }
-    result = {"seed": seed, "method": label, "loss": loss, "overrides": list(overrides), "train_s": train_s,
-              "at_fpr": at, "training": training_stats(run_dir)}
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result_file.with_suffix(".partial")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, result_file)
-    return result
+    return {"key": run_key(design, size, seed, label, extra), "design": design, "size": size, "seed": seed,
+            "method": label, "loss": loss, "overrides": list(overrides), "extra": list(extra),
+            "train_s": round(train_s, 1), "at_fpr": at, "training": training_stats(run_dir)}
 
 
-def _ms(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    text = f"{np.mean(vals):.3g} +- {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.2g}"
-    return text + (f" ({len(values) - len(vals)} n/a)" if len(vals) < len(values) else "")
+def _spread(values: np.ndarray) -> dict[str, float]:
+    """Spread of per-identity FPR/f: std, median, 90th and 99th percentile, max, share of identities at 0."""
+    return {"std": float(values.std(ddof=1)), "p50": float(np.percentile(values, 50)),
+            "p90": float(np.percentile(values, 90)), "p99": float(np.percentile(values, 99)),
+            "max": float(values.max()), "zero_share": float((values == 0).mean())}
 
 
-def _paired(results: list[dict], method: str, key: str) -> list[str]:
-    """Mean +- std over seeds of (method - cosface, same seed) for std/f and TPR at overall FPR ``key``."""
-    base = {r["seed"]: r["at_fpr"][key] for r in results if r["method"] == "cosface"}
-    pairs = [(r["at_fpr"][key], base[r["seed"]]) for r in results if r["method"] == method and r["seed"] in base]
-    if method == "cosface" or not pairs:
-        return ["", ""]
-    bias = [a["summaries"]["std_over_f"] - b["summaries"]["std_over_f"] for a, b in pairs
-            if a["summaries"] and b["summaries"]]
-    return [_ms(bias), _ms([a["tpr"] - b["tpr"] for a, b in pairs])]
+# ----------------------------------------------------------------------------------------------
+# Results file
+# ----------------------------------------------------------------------------------------------
+
+def load_results(path: Path) -> list[dict]:
+    """Every complete JSON line of the results file (a torn last line is ignored)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
-def print_tables(results: list[dict], groups: list[str]) -> None:
-    """Mean +- std over seeds of every measured figure, per method."""
-    methods = list(dict.fromkeys(r["method"] for r in results))
+def append_result(path: Path, result: dict) -> None:
+    """Append one result as a JSON line (one write, flushed and synced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(("\n" if torn else "") + json.dumps(result, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------
+
+def _table(head: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def validity(results: list[dict], design: str, size: str, groups: list[str]) -> bool:
+    """Print the validity checks of one design from its CosFace runs; True if all pass."""
+    base = sorted((r for r in results if r["design"] == design and r["size"] == size and r["method"] == "cosface"),
+                  key=lambda r: r["seed"])
+    print(f"\n### validity checks: design {design}, size {size}, CosFace on seeds {[r['seed'] for r in base]}\n")
+    if len(base) < 2:
+        print("fewer than 2 CosFace seeds: not checked")
+        return False
+    hard = HARD_GROUP.get(design)
+    rows, passed = [], True
+    for r in base:
+        at = r["at_fpr"]["0.001"]["group_fpr_over_f"]
+        shares = {g: r["training"].get(f"group_above_share/{g}") for g in groups}
+        loss = r["training"].get("loss")
+        highest = max(at, key=at.get)
+        rows.append([str(r["seed"]), *[f"{at[g]:.2f}" for g in groups],
+                     *[("n/a" if shares[g] is None else f"{100 * shares[g]:.0f} %") for g in groups],
+                     "n/a" if loss is None else f"{loss:.2f}", highest])
+    _table(["seed", *[f"FPR/f {g} @1e-3" for g in groups], *[f"share above T_u {g}" for g in groups],
+            "last-epoch loss", "highest at test"], rows)
+    checks = []
+    if hard is not None:
+        row_share = _row_share(design, size, hard)
+        highest_every = all(max(r["at_fpr"]["0.001"]["group_fpr_over_f"].items(), key=lambda kv: kv[1])[0] == hard
+                            for r in base)
+        checks.append((f"{hard} is the highest group at test (f = 1e-3) on every seed", highest_every))
+        share_ok = all((r["training"].get(f"group_above_share/{hard}") or 0.0) >= SHARE_FACTOR * row_share
+                       for r in base)
+        checks.append((f"{hard} holds >= {SHARE_FACTOR}x its share of training rows ({100 * row_share:.1f} %) "
+                       "of the above-T_u training entries on every seed", share_ok))
+    checks.append((f"training not saturated (last-epoch loss >= {SATURATED_LOSS}) on every seed",
+                   all((r["training"].get("loss") or 0.0) >= SATURATED_LOSS for r in base)))
+    if hard is None:
+        inside = []
+        for g in groups:
+            m, h, _ = mean_ci([r["at_fpr"]["0.001"]["group_fpr_over_f"][g] for r in base])
+            inside.append(abs(m - 1.0) <= h)
+            print(f"- {g}: FPR/f at 1e-3 = {m:.2f} ± {h:.2f} (95 % CI over seeds)")
+        checks.append(("no group's FPR/f differs from 1 beyond its 95 % CI (no gap beyond noise)", all(inside)))
+        max_min = [r["at_fpr"]["0.001"]["summaries"]["max_min_ratio"] for r in base if r["at_fpr"]["0.001"]["summaries"]]
+        print(f"- noise floor: max/min at 1e-3 = {fmt_ci(max_min)}, std/f = "
+              f"{fmt_ci([r['at_fpr']['0.001']['summaries']['std_over_f'] for r in base])}")
+    print()
+    for text, ok in checks:
+        print(f"- [{'PASS' if ok else 'FAIL'}] {text}")
+        passed &= ok
+    print(f"\n**design {design} at size {size}: {'VALID' if passed else 'NOT VALID'} as a benchmark**")
+    return passed
+
+
+def _row_share(design: str, size: str, group: str) -> float:
+    """The share of training images (rows) of ``group`` in the design at ``size``."""
+    from fpr_plugin.data.synthetic import DESIGNS, SIZES, train_identity_count
+
+    counts = {g.name: train_identity_count(SIZES[size], g) for g in DESIGNS[design]}
+    return counts[group] / sum(counts.values())
+
+
+def _paired(results: list[dict], method: str, value) -> list[float]:
+    """Per seed: value(method run) - value(cosface run) of the same design, size and seed."""
+    base = {(r["design"], r["size"], r["seed"]): r for r in results if r["method"] == "cosface"}
+    out = []
+    for r in results:
+        b = base.get((r["design"], r["size"], r["seed"]))
+        if r["method"] == method and b is not None:
+            a_v, b_v = value(r), value(b)
+            out.append(None if a_v is None or b_v is None else a_v - b_v)
+    return out
+
+
+def _summary(r: dict, key: str, name: str):
+    s = r["at_fpr"][key]["summaries"]
+    return None if not s else s.get(name)
+
+
+def print_tables(results: list[dict], design: str, size: str, groups: list[str]) -> None:
+    """Mean and 95 % t-interval over seeds of every figure, per method, and paired differences against CosFace."""
+    results = [r for r in results if r["design"] == design and r["size"] == size]
+    if not results:
+        print(f"no results for design {design}, size {size}")
+        return
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    hard = HARD_GROUP.get(design) or groups[-1]
     seeds = sorted({r["seed"] for r in results})
-    print(f"\nseeds {seeds}; mean +- std (ddof=1) over seeds; dense within-group impostor pairs")
+    print(f"\n## design {design}, size {size}: seeds {seeds}; mean ± 95 % t-interval over seeds "
+          "(dense within-group impostor pairs); Δ = method − CosFace on the same seed")
     for f in FPRS:
         key = f"{f:g}"
         print(f"\n### global threshold at overall FPR {key}\n")
-        head = ["method", "TPR", *[f"FPR/f {g}" for g in groups], "std/f (bias degree)", "max/min", "Gini",
-                "paired d(std/f) vs cosface", "paired d(TPR)"]
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
+        rows = []
         for m in methods:
-            rs = [r["at_fpr"][key] for r in results if r["method"] == m]
-            s = [r["summaries"] or {} for r in rs]
-            cells = [m, _ms([r["tpr"] for r in rs]),
-                     *[_ms([r["group_fpr_over_f"][g] for r in rs]) for g in groups],
-                     _ms([x.get("std_over_f") for x in s]), _ms([x.get("max_min_ratio") for x in s]),
-                     _ms([x.get("gini") for x in s]), *_paired(results, m, key)]
-            print("| " + " | ".join(cells) + " |")
-    print("\n### training, last epoch (metrics.jsonl): T_u, penalty, instance FPR and above-threshold share per group\n")
-    head = ["method", "T_u", "penalty", *[f"inst. FPR {g}" for g in groups], *[f"share {g}" for g in groups], "train s"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+            rs = [r for r in results if r["method"] == m]
+            rows.append([m, str(len(rs)), fmt_ci([r["at_fpr"][key]["tpr"] for r in rs]),
+                         *[fmt_ci([r["at_fpr"][key]["group_fpr_over_f"][g] for r in rs]) for g in groups],
+                         fmt_ci([r["at_fpr"][key]["group_tpr"][hard] for r in rs]),
+                         fmt_ci([_summary(r, key, "std_over_f") for r in rs]),
+                         fmt_ci([_summary(r, key, "max_min_ratio") for r in rs]),
+                         fmt_ci([_summary(r, key, "gini") for r in rs]),
+                         fmt_ci([r["at_fpr"][key]["identity_fpr_over_f_all"]["std"] for r in rs]),
+                         fmt_ci([r["at_fpr"][key]["identity_fpr_over_f_all"]["p99"] for r in rs])])
+        _table(["method", "seeds", "TPR", *[f"FPR/f {g}" for g in groups], f"TPR {hard}", "std/f", "max/min",
+                "Gini", "identity FPR/f std", "identity FPR/f p99"], rows)
+        print(f"\npaired differences against CosFace at {key} (95 % t-interval over seeds; an interval "
+              "that excludes 0 is a difference beyond seed noise)\n")
+        rows = []
+        for m in methods:
+            if m == "cosface":
+                continue
+            rows.append([m, fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["tpr"])),
+                         fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["group_fpr_over_f"][hard])),
+                         fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["group_tpr"][hard])),
+                         fmt_ci(_paired(results, m, lambda r: _summary(r, key, "std_over_f"))),
+                         fmt_ci(_paired(results, m, lambda r: _summary(r, key, "max_min_ratio"))),
+                         fmt_ci(_paired(results, m, lambda r: _summary(r, key, "gini"))),
+                         fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["identity_fpr_over_f_all"]["std"]))])
+        _table(["method", "Δ TPR", f"Δ FPR/f {hard}", f"Δ TPR {hard}", "Δ std/f", "Δ max/min", "Δ Gini",
+                "Δ identity FPR/f std"], rows)
+    print("\n### training, last epoch (metrics.jsonl): loss, T_u, instance FPR / gamma_u and share above T_u per group\n")
+    rows = []
     for m in methods:
-        ts = [r["training"] for r in results if r["method"] == m]
-        cells = [m, _ms([t.get("threshold") for t in ts]), _ms([t.get("penalty_mean") for t in ts]),
-                 *[_ms([t.get(f"group_fpr_mean/{g}") for t in ts]) for g in groups],
-                 *[_ms([t.get(f"group_above_share/{g}") for t in ts]) for g in groups],
-                 _ms([r["train_s"] for r in results if r["method"] == m])]
-        print("| " + " | ".join(cells) + " |")
+        rs = [r for r in results if r["method"] == m]
+        gamma = 1e-3 if "g1e-3" in m else 1e-4
+        rows.append([m, fmt_ci([r["training"].get("loss") for r in rs]),
+                     fmt_ci([r["training"].get("threshold") for r in rs]),
+                     *[fmt_ci([None if r["training"].get(f"group_fpr_mean/{g}") is None
+                               else r["training"][f"group_fpr_mean/{g}"] / gamma for r in rs]) for g in groups],
+                     *[fmt_ci([None if r["training"].get(f"group_above_share/{g}") is None
+                               else 100 * r["training"][f"group_above_share/{g}"] for r in rs]) for g in groups],
+                     fmt_ci([r["train_s"] for r in rs])])
+    _table(["method", "loss", "T_u", *[f"inst. FPR/γ {g}" for g in groups], *[f"share % {g}" for g in groups],
+            "train s"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help=f"subset of: {', '.join(METHODS)}")
-    parser.add_argument("--size", default="demo", help="synthetic size (demo or tiny)")
-    parser.add_argument("--design", default="rare", help="synthetic design (rare, dense, control)")
-    parser.add_argument("--output", default="bench_out/fairness_synthetic", help="data, runs and cached results")
+    parser.add_argument("--size", default="wide", help="synthetic size (tiny, demo, wide)")
+    parser.add_argument("--design", nargs="+", default=["dense"], help="synthetic design(s): rare, dense, control")
+    parser.add_argument("--results", default=str(RESULTS), help="JSON-lines results file (appended, resumable)")
+    parser.add_argument("--work", default="bench_out/fairness_synthetic", help="data and run folders")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="extra recipe override for every run (e.g. num_epoch=8)")
-    parser.add_argument("--cached-only", action="store_true",
-                        help="print the tables from the results already in --output, train nothing")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--report", action="store_true", help="print the tables from the results file, train nothing")
+    parser.add_argument("--require-valid", action="store_true",
+                        help="exit with status 3 unless every --design passes its validity checks")
     args = parser.parse_args(argv)
 
     from fpr_plugin.data.synthetic import DESIGNS, make_synthetic
 
-    out = Path(args.output)
-    results = []
-    start = time.perf_counter()
-    data = {seed: out / f"data_{args.design}_{args.size}_seed{seed}" for seed in args.seeds}
-    if args.cached_only:
-        results = [json.loads(p.read_text()) for label in args.methods for seed in args.seeds
-                   for p in [out / f"seed{seed}" / f"{_slug(label)}.json"] if p.is_file()]
-        print_tables(results, [g.name for g in DESIGNS[args.design]])
-        return 0
-    for seed, folder in data.items():
-        if not (folder / "synthetic.json").is_file():
-            make_synthetic(folder, seed=seed, size=args.size, design=args.design, overwrite=True)
-    # method by method, so that an interrupted bench has every seed of the first methods
-    for label in args.methods:
-        for seed in args.seeds:
-            print(f"[{time.perf_counter() - start:6.0f} s] seed {seed}: {label}", flush=True)
-            results.append(run_one(seed, label, data[seed], out, args.extra))
-    print_tables(results, [g.name for g in DESIGNS[args.design]])
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    return 0
+    for design in args.design:
+        if design not in DESIGNS:
+            parser.exit(2, f"fairness_synthetic: error: --design {design!r}: expected one of {sorted(DESIGNS)}\n")
+    results_path, work = Path(args.results), Path(args.work)
+    if not args.report:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        start = time.perf_counter()
+        done = {r.get("key") for r in load_results(results_path)}
+        # method-major per design: CosFace on every seed first (the validity checks need only those)
+        for design in args.design:
+            for label in args.methods:
+                for seed in args.seeds:
+                    key = run_key(design, args.size, seed, label, args.extra)
+                    if key in done:
+                        continue
+                    data = work / f"data_{design}_{args.size}_seed{seed}"
+                    if not (data / "synthetic.json").is_file():
+                        print(f"[{time.perf_counter() - start:6.0f} s] drawing {data}", flush=True)
+                        make_synthetic(data, seed=seed, size=args.size, design=design, overwrite=True)
+                    print(f"[{time.perf_counter() - start:6.0f} s] {design} {args.size} seed {seed}: {label}", flush=True)
+                    append_result(results_path, run_one(design, args.size, seed, label, data, work, args.extra))
+                    done.add(key)
+    results = [r for r in load_results(results_path) if sorted(r.get("extra", [])) == sorted(args.extra)]
+    valid = True
+    for design in args.design:
+        groups = [g.name for g in DESIGNS[design]]
+        valid &= validity(results, design, args.size, groups)
+        print_tables(results, design, args.size, groups)
+    return 3 if args.require_valid and not valid else 0
 
 
 if __name__ == "__main__":

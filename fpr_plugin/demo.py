@@ -37,6 +37,7 @@ SIZE_OVERRIDES: dict[str, tuple[str, ...]] = {
     "tiny": ("num_epoch=1", "batch_size=32", "lr_steps=[]", "warmup_epoch=0.0", "frequent=1",
              "loss_params.fpr_penalty.gamma_u=0.02"),
     "demo": (),
+    "wide": (),  # 240 identities x 5 images per group, 200 test identities per group (see data.synthetic.SIZES)
 }
 
 
@@ -144,12 +145,17 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fpr-demo [--output DIR] [--size demo|tiny] [--seed S]``."""
+    from fpr_plugin.data.synthetic import DESIGNS
+
     parser = argparse.ArgumentParser(prog="fpr-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="fpr_demo", help="folder for data, runs, models and report (default fpr_demo)")
     parser.add_argument("--size", choices=sorted(SIZE_OVERRIDES), default="demo",
-                        help="demo: the real demo (minutes); tiny: a smoke test of the pipeline (seconds)")
+                        help="demo: the real demo (minutes); wide: as many training images over twice the "
+                             "identities, twice the test identities; tiny: a smoke test of the pipeline (seconds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of both trainings (default 0)")
-    parser.add_argument("--design", default="rare", help="group design of the synthetic data (rare, dense, control)")
+    parser.add_argument("--design", default="rare", choices=sorted(DESIGNS),
+                        help="group design of the synthetic data (default rare; bench/fairness_synthetic.py "
+                             "checks which designs are valid benchmarks)")
     parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), help="losses to train and compare")
     parser.add_argument("--recipe", default=None, help="recipe file (default recipes/synthetic_demo.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -46,6 +46,8 @@ class GroupSpec:
     geometric and the colour attributes (smaller = identities look more alike);
     ``colour_mean`` shifts the colour attributes' latent mean (e.g. dark hair).
     ``train_weight`` scales the group's share of training identities.
+    ``variation`` scales how much its photos of one person vary (yaw, roll,
+    lighting gradient and sensor noise; 1 = the common amount).
     """
 
     name: str
@@ -54,7 +56,7 @@ class GroupSpec:
     colour_spread: float = 1.0
     colour_mean: tuple[float, ...] = (0.0,) * len(COLOUR_ATTRIBUTES)
     train_weight: float = 1.0
-
+    variation: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class FaceIdentity:
     skin_tone: tuple[float, float, float]
     shape: tuple[float, ...]
     colour: tuple[float, ...]
+    variation: float = 1.0  # GroupSpec.variation of its group
 
     def attr(self, key: str) -> float:
         """The value in (-1, 1) of one named attribute."""
@@ -80,7 +83,7 @@ def sample_identity(rng: np.random.Generator, group: GroupSpec, name: str) -> Fa
     colour_mean = np.asarray(group.colour_mean, dtype=np.float64)
     colour = np.tanh(colour_mean + group.colour_spread * rng.standard_normal(len(COLOUR_ATTRIBUTES)))
     return FaceIdentity(name, group.name, tuple(group.skin_tone),
-                        tuple(float(v) for v in shape), tuple(float(v) for v in colour))
+                        tuple(float(v) for v in shape), tuple(float(v) for v in colour), float(group.variation))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,13 +216,14 @@ def render_photo(identity: FaceIdentity, rng: np.random.Generator, size: int = P
     expression, blink, background, lighting gain and gradient, colour cast, blur
     and sensor noise.
     """
-    yaw = float(rng.uniform(-0.7, 0.7))
+    v = identity.variation  # x * 1.0 == x: the common amount draws the same bytes as before the option
+    yaw = float(np.clip(rng.uniform(-0.7, 0.7) * v, -1.0, 1.0))
     layout = _face_layout(identity, yaw, mouth_open=float(rng.uniform(0, 1) ** 2),
                           blink=float(1.0 if rng.uniform() > 0.1 else rng.uniform(0.2, 0.6)))
     background = rng.uniform(40, 220, size=3)
     frontal = _draw_frontal(identity, layout, background)
     # similarity transform: face frame -> photo, including the supersampling of the drawing
-    roll = np.deg2rad(rng.uniform(-12, 12))
+    roll = np.deg2rad(rng.uniform(-12, 12) * v)
     scale = size / (ALIGNED_SIZE * 1.35) * rng.uniform(0.9, 1.1)
     shift = rng.uniform(-8, 8, size=2)
     rot = scale * np.array([[np.cos(roll), -np.sin(roll)], [np.sin(roll), np.cos(roll)]])
@@ -232,12 +236,12 @@ def render_photo(identity: FaceIdentity, rng: np.random.Generator, size: int = P
     direction = rng.normal(size=2)
     direction /= np.linalg.norm(direction) + 1e-12
     ys, xs = _grid(size, 1.0 / size, -0.5)
-    light = rng.uniform(0.75, 1.2) * (1 + rng.uniform(0, 0.5) * (xs * direction[0] + ys * direction[1]))
+    light = rng.uniform(0.75, 1.2) * (1 + rng.uniform(0, 0.5) * v * (xs * direction[0] + ys * direction[1]))
     photo = photo * light[..., None] + rng.uniform(-12, 12, size=3).astype(np.float32)
     sigma = rng.uniform(0.0, 1.0)
     if sigma > 0.3:
         photo = cv2.GaussianBlur(photo, (0, 0), sigma)
-    photo = photo + rng.normal(0, rng.uniform(1.5, 6.0), size=photo.shape).astype(np.float32)
+    photo = photo + rng.normal(0, rng.uniform(1.5, 6.0) * v, size=photo.shape).astype(np.float32)
     landmarks = _landmarks(layout) @ face_to_photo[:, :2].T + face_to_photo[:, 2]
     return np.clip(photo, 0, 255).astype(np.uint8), landmarks.astype(np.float32)
 

@@ -12,6 +12,12 @@ For a global batch of n samples and c classes:
 The penalty is added to the non-target columns (not subtracted from the
 target) so that class-sharded ranks need to all-reduce only the per-row sum
 ``g_i``; both forms give the same loss and gradients.
+
+``alpha_warmup`` (a project option, not in the paper; 0 = off, the paper's
+form exactly) ramps alpha linearly over the first ``alpha_warmup`` training
+steps: step t (counted from 1, forward calls in training mode) uses
+``alpha * min(1, t / alpha_warmup)``. The step count is a buffer of the loss,
+so it is saved and restored with the head's checkpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class FprPenalty(MarginLoss):
         penalty_grad: ``"both"`` (autograd of Eq. 10/11) or ``"embeddings"``
             (class weights detached inside the penalty term only; needs
             ``norm_embeddings`` and ``norm_weight`` in the call).
+        alpha_warmup: training steps over which alpha ramps linearly from
+            ``alpha / alpha_warmup`` to ``alpha`` (an int >= 0; 0: no ramp).
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class FprPenalty(MarginLoss):
         alpha: float = 1.0,
         base: str = "cosface",
         penalty_grad: str = "both",
+        alpha_warmup: int = 0,
     ) -> None:
         super().__init__(s)
         self.m = check_real("m", m)
@@ -69,6 +78,18 @@ class FprPenalty(MarginLoss):
             raise ValueError(f"alpha must be >= 0, got {alpha!r}")
         self.base = check_choice("base", base, ("cosface", "arcface"))
         self.penalty_grad = check_choice("penalty_grad", penalty_grad, ("both", "embeddings"))
+        if isinstance(alpha_warmup, bool) or not isinstance(alpha_warmup, int) or alpha_warmup < 0:
+            raise ValueError(f"alpha_warmup must be an int >= 0 (training steps; 0: off), got {alpha_warmup!r}")
+        self.alpha_warmup = alpha_warmup
+        if alpha_warmup:
+            # only with a ramp, so that checkpoints of the paper's form keep their keys
+            self.register_buffer("warmup_step", torch.zeros((), dtype=torch.long))
+
+    def current_alpha(self) -> float:
+        """The alpha of the next training step (``alpha`` itself without a warm-up)."""
+        if not self.alpha_warmup:
+            return self.alpha
+        return self.alpha * min(1.0, (int(self.warmup_step) + 1) / self.alpha_warmup)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
         """``G(cos_y)``: CosFace ``cos - m`` or ArcFace ``cos(theta + m)``."""
@@ -108,7 +129,10 @@ class FprPenalty(MarginLoss):
             z = weight_detached_entries(values[positive], norm_embeddings, norm_weight, rows_p, cols_p)
         partial = cos.new_zeros(local_rows).index_add(0, rows_p, z.to(cos.dtype).pow(self.p))
         weighted_fpr = layout.sum_over_classes(partial) / (c - 1)
-        penalty = (self.alpha / self.gamma_u) * weighted_fpr
+        alpha = self.current_alpha()
+        if self.alpha_warmup and self.training:
+            self.warmup_step += 1
+        penalty = (alpha / self.gamma_u) * weighted_fpr
 
         target = self.target_logit(entries.gather(cos, rows_t, cols_t))
         logits = scaled_logits(cos, rows_t, cols_t, target, self.s, row_shift=penalty, entries=entries)
@@ -124,4 +148,5 @@ class FprPenalty(MarginLoss):
         return (
             f"s={self.s}, m={self.m}, gamma_u={self.gamma_u}, p={self.p}, alpha={self.alpha}, "
             f"base={self.base!r}, penalty_grad={self.penalty_grad!r}"
+            + (f", alpha_warmup={self.alpha_warmup}" if self.alpha_warmup else "")
         )

@@ -6,6 +6,12 @@ against this rank's classes, ``labels`` the column of each sample's class or
 scaled logits; softmax cross-entropy over all ranks' columns is the loss.
 The caller may overwrite the returned tensor in place: nothing saved for the
 backward pass refers to it.
+
+With ``stats_gamma_u`` set, a margin loss also measures, without a gradient,
+the training signal an FPR penalty would see at that target FPR: ``T_u`` and
+the Eq. 9 instance FPR of every row (``last_stats``, ``last_instance_fpr``),
+so a baseline's signal is logged by the same code as the penalty's. The
+logits and gradients are unchanged; with the default None nothing is measured.
 """
 
 from __future__ import annotations
@@ -16,10 +22,21 @@ import torch
 
 from fpr_plugin.distributed import Layout
 from fpr_plugin.losses.entries import EntryGradients
-from fpr_plugin.losses.validation import check_cosines, check_positive, check_real
+from fpr_plugin.losses.selection import fpr_rank, mine_above_threshold
+from fpr_plugin.losses.stats import FprStats
+from fpr_plugin.losses.validation import check_cosines, check_in_open_interval, check_positive, check_real
 from fpr_plugin.registry import register_loss
 
-__all__ = ["ArcFace", "CombinedMargin", "CosFace", "MarginLoss", "margin_target", "scaled_logits", "target_entries"]
+__all__ = [
+    "ArcFace",
+    "CombinedMargin",
+    "CosFace",
+    "MarginLoss",
+    "margin_target",
+    "measure_instance_fpr",
+    "scaled_logits",
+    "target_entries",
+]
 
 # d theta / d cos is infinite at cos = +-1: sin(theta)^2 is kept >= _SIN2_EPS
 # (a value error below 1e-6) and cosines fed to arccos inside +-(1 - _ACOS_EPS).
@@ -112,6 +129,28 @@ def scaled_logits(
     return _ScaledLogits.apply(cos, target, row_shift, rows, cols, scale, entries)
 
 
+def measure_instance_fpr(
+    cos: torch.Tensor, labels: torch.Tensor, gamma_u: float, layout: Layout
+) -> tuple[torch.Tensor, int, torch.Tensor] | None:
+    """``(T_u, k, instance_fpr)`` of Algorithm 1 steps 2-3 and Eq. 9, measured without a gradient.
+
+    ``T_u`` is the k-th largest non-target cosine over the global batch and
+    all classes (``k = ceil(gamma_u * n * (c - 1))``), ``instance_fpr[i]`` the
+    share of row i's ``c - 1`` non-target cosines strictly above it (over all
+    class shards of ``layout``). None when there are fewer than 2 classes.
+    """
+    with torch.no_grad():
+        cos = cos.detach()
+        n = layout.global_rows(cos.shape[0], cos.device)
+        c = layout.global_classes(cos.shape[1], cos.device)
+        if c < 2:
+            return None
+        k = fpr_rank(gamma_u, n * (c - 1))
+        threshold, rows, _, _ = mine_above_threshold(cos, labels, k, layout)
+        counts = torch.bincount(rows, minlength=cos.shape[0]).to(cos.dtype)
+        return threshold, k, layout.sum_over_classes(counts) / (c - 1)
+
+
 class MarginLoss(torch.nn.Module):
     """Base of every loss here: scale ``s``, the target transform, stats and layout.
 
@@ -126,13 +165,16 @@ class MarginLoss(torch.nn.Module):
     The FPR losses refuse to run with a local layout under several ranks
     (``per_rank()`` asks for a per-rank threshold on purpose). ``last_stats``
     (plain floats, see :class:`fpr_plugin.losses.stats.FprStats`) and
-    ``last_instance_fpr`` describe the last call (empty / None for pure
-    margin losses).
+    ``last_instance_fpr`` describe the last call: for a pure margin loss
+    they are empty / None unless ``stats_gamma_u`` asks for the measurement
+    (:func:`measure_instance_fpr`, ``penalty_mean`` 0: nothing is added).
     """
 
-    def __init__(self, s: float) -> None:
+    def __init__(self, s: float, stats_gamma_u: float | None = None) -> None:
         super().__init__()
         self.s = check_positive("s", s)
+        self.stats_gamma_u = (None if stats_gamma_u is None
+                              else check_in_open_interval("stats_gamma_u", stats_gamma_u, 0.0, 1.0))
         self.layout = Layout.local()
         self.last_stats: dict[str, float] = {}
         self.last_instance_fpr: torch.Tensor | None = None
@@ -183,15 +225,33 @@ class MarginLoss(torch.nn.Module):
         rows, cols = target_entries(labels)
         entries = EntryGradients()
         target = self.target_logit(entries.gather(cos, rows, cols))
-        return scaled_logits(cos, rows, cols, target, self.s, entries=entries)
+        logits = scaled_logits(cos, rows, cols, target, self.s, entries=entries)
+        if self.stats_gamma_u is not None:
+            self._measure(cos, labels)
+        return logits
+
+    def _measure(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set ``last_stats`` / ``last_instance_fpr`` at ``stats_gamma_u`` (no gradient)."""
+        self.layout.check_not_silently_local(f"{type(self).__name__} with stats_gamma_u")
+        measured = measure_instance_fpr(cos, labels, self.stats_gamma_u, self.layout)
+        if measured is None:
+            self.last_stats, self.last_instance_fpr = {}, None
+            return
+        threshold, k, instance_fpr = measured
+        self.last_instance_fpr = instance_fpr
+        self.last_stats = FprStats.summarize(threshold, k, instance_fpr, torch.zeros_like(instance_fpr)).as_dict()
+
+    def _stats_repr(self) -> str:
+        return "" if self.stats_gamma_u is None else f", stats_gamma_u={self.stats_gamma_u}"
 
 
 @register_loss("combined")
 class CombinedMargin(MarginLoss):
     """arcface_torch's combined margin: target logit ``s * (cos(m1 * theta + m2) - m3)``."""
 
-    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
-        super().__init__(s)
+    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
+                 stats_gamma_u: float | None = None) -> None:
+        super().__init__(s, stats_gamma_u)
         self.m1 = check_positive("m1", m1)
         self.m2 = check_real("m2", m2)
         self.m3 = check_real("m3", m3)
@@ -200,34 +260,34 @@ class CombinedMargin(MarginLoss):
         return margin_target(cos_y, self.m1, self.m2, self.m3)
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}" + self._stats_repr()
 
 
 @register_loss("cosface")
 class CosFace(MarginLoss):
     """CosFace (additive cosine margin): target logit ``s * (cos - m)``."""
 
-    def __init__(self, s: float = 64.0, m: float = 0.35) -> None:
-        super().__init__(s)
+    def __init__(self, s: float = 64.0, m: float = 0.35, stats_gamma_u: float | None = None) -> None:
+        super().__init__(s, stats_gamma_u)
         self.m = check_real("m", m)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
         return cos_y - self.m
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m={self.m}"
+        return f"s={self.s}, m={self.m}" + self._stats_repr()
 
 
 @register_loss("arcface")
 class ArcFace(MarginLoss):
     """ArcFace (additive angular margin): target logit ``s * cos(theta + m)`` (see :func:`margin_target`)."""
 
-    def __init__(self, s: float = 64.0, m: float = 0.5) -> None:
-        super().__init__(s)
+    def __init__(self, s: float = 64.0, m: float = 0.5, stats_gamma_u: float | None = None) -> None:
+        super().__init__(s, stats_gamma_u)
         self.m = check_real("m", m)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
         return margin_target(cos_y, 1.0, self.m, 0.0)
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m={self.m}"
+        return f"s={self.s}, m={self.m}" + self._stats_repr()
