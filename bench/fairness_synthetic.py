@@ -72,6 +72,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 HARD_GROUP = {"dense": "Dense", "varied": "Dense", "rare": "Rare", "control": None}
 FPRS = (1e-4, 1e-3, 1e-2)
 SHARE_FACTOR = 1.4  # the hard group must hold >= this multiple of its row share above T_u
+MIN_SEEDS = 5  # seeds a design needs before it can be called valid
 SATURATED_LOSS = 0.5  # last-epoch training loss below this: the training set is memorised
 
 
@@ -254,8 +255,8 @@ def validity(results: list[dict], design: str, size: str, groups: list[str]) -> 
     base = sorted((r for r in results if r["design"] == design and r["size"] == size and r["method"] == "cosface"),
                   key=lambda r: r["seed"])
     print(f"\n### validity checks: design {design}, size {size}, CosFace on seeds {[r['seed'] for r in base]}\n")
-    if len(base) < 2:
-        print("fewer than 2 CosFace seeds: not checked")
+    if not base:
+        print("no CosFace run yet: not checked")
         return False
     hard = HARD_GROUP.get(design)
     rows, passed = [], True
@@ -269,7 +270,7 @@ def validity(results: list[dict], design: str, size: str, groups: list[str]) -> 
                      "n/a" if loss is None else f"{loss:.2f}", highest])
     _table(["seed", *[f"FPR/f {g} @1e-3" for g in groups], *[f"share above T_u {g}" for g in groups],
             "last-epoch loss", "highest at test"], rows)
-    checks = []
+    checks = [(f"at least {MIN_SEEDS} seeds ({len(base)})", len(base) >= MIN_SEEDS)]
     if hard is not None:
         row_share = _row_share(design, size, hard)
         highest_every = all(max(r["at_fpr"]["0.001"]["group_fpr_over_f"].items(), key=lambda kv: kv[1])[0] == hard
@@ -297,6 +298,22 @@ def validity(results: list[dict], design: str, size: str, groups: list[str]) -> 
         passed &= ok
     print(f"\n**design {design} at size {size}: {'VALID' if passed else 'NOT VALID'} as a benchmark**")
     return passed
+
+
+def seed_failures(result: dict, design: str, groups: list[str]) -> list[str]:
+    """The per-seed validity checks that one CosFace run fails (empty: it passes them)."""
+    hard, failures = HARD_GROUP.get(design), []
+    training = result["training"]
+    if (training.get("loss") or 0.0) < SATURATED_LOSS:
+        failures.append(f"saturated (last-epoch loss {training.get('loss')})")
+    if hard is not None:
+        at = result["at_fpr"]["0.001"]["group_fpr_over_f"]
+        if max(at, key=at.get) != hard:
+            failures.append(f"{max(at, key=at.get)} is highest at test, not {hard}")
+        share, row_share = training.get(f"group_above_share/{hard}") or 0.0, _row_share(design, result["size"], hard)
+        if share < SHARE_FACTOR * row_share:
+            failures.append(f"{hard} holds {100 * share:.1f} % of above-T_u entries, < {SHARE_FACTOR} x {100 * row_share:.1f} %")
+    return failures
 
 
 def _row_share(design: str, size: str, group: str) -> float:
@@ -395,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra recipe override for every run (e.g. num_epoch=8)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--report", action="store_true", help="print the tables from the results file, train nothing")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop a design (exit status 3) as soon as one CosFace seed fails a per-seed validity check")
     parser.add_argument("--require-valid", action="store_true",
                         help="exit with status 3 unless every --design passes its validity checks")
     args = parser.parse_args(argv)
@@ -413,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         done = {r.get("key") for r in load_results(results_path)}
         # method-major per design: CosFace on every seed first (the validity checks need only those)
         for design in args.design:
+            names = [g.name for g in DESIGNS[design]]
+            earlier = [r for r in load_results(results_path) if r.get("design") == design and r.get("size") == args.size
+                       and r.get("method") == "cosface" and sorted(r.get("extra", [])) == sorted(args.extra)
+                       and r.get("seed") in args.seeds]
+            failed = [(r["seed"], seed_failures(r, design, names)) for r in earlier if seed_failures(r, design, names)]
+            if args.fail_fast and failed:
+                print(f"design {design}: seed {failed[0][0]} already fails: {'; '.join(failed[0][1])}; stopping")
+                return 3
             for label in args.methods:
                 for seed in args.seeds:
                     key = run_key(design, args.size, seed, label, args.extra)
@@ -423,8 +450,13 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[{time.perf_counter() - start:6.0f} s] drawing {data}", flush=True)
                         make_synthetic(data, seed=seed, size=args.size, design=design, overwrite=True)
                     print(f"[{time.perf_counter() - start:6.0f} s] {design} {args.size} seed {seed}: {label}", flush=True)
-                    append_result(results_path, run_one(design, args.size, seed, label, data, work, args.extra))
+                    result = run_one(design, args.size, seed, label, data, work, args.extra)
+                    append_result(results_path, result)
                     done.add(key)
+                    failures = seed_failures(result, design, [g.name for g in DESIGNS[design]]) if label == "cosface" else []
+                    if args.fail_fast and failures:
+                        print(f"design {design}, seed {seed}: {'; '.join(failures)}: not a valid benchmark, stopping")
+                        return 3
     results = [r for r in load_results(results_path) if sorted(r.get("extra", [])) == sorted(args.extra)]
     valid = True
     for design in args.design:

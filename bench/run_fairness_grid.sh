@@ -2,8 +2,9 @@
 # The fairness grid of bench/fairness_synthetic.py, resumable: runs already in
 # bench/results/fairness_synthetic.jsonl are skipped. One process at a time, one torch thread.
 #   nohup bench/run_fairness_grid.sh > bench_out/fairness_grid.log 2>&1 &
-# 1. CosFace on 5 seeds of each candidate design and of the control (the validity checks);
-# 2. the first candidate that passes them gets every method; 3. the main settings on the control.
+# 1. CosFace on 5 seeds of each candidate design, stopping a candidate at its first seed that fails a
+#    per-seed validity check; 2. CosFace on 5 seeds of the control (noise floor); 3. every method on the
+#    first candidate that passed; 4. the main settings on the control.
 # WAIT_PID: a bench process already running, to finish before this one starts.
 set -u
 cd "$(dirname "$0")/.."
@@ -11,13 +12,13 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=${PYTHON:-.venv/bin/python}
 B="$PY bench/fairness_synthetic.py"
 if [ -n "${WAIT_PID:-}" ]; then while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 20; done; fi
-$B --design dense control --methods cosface || exit 1
 VALID=""
-for design in dense varied; do
-  $B --design "$design" --methods cosface || exit 1
-  if $B --design "$design" --report --require-valid > /dev/null; then VALID=$design; break; fi
+for design in ${CANDIDATES:-dense varied}; do
+  if $B --design "$design" --methods cosface --fail-fast && $B --design "$design" --report --require-valid > /dev/null
+  then VALID=$design; break; fi
   echo "design $design is not a valid benchmark; trying the next candidate"
 done
+$B --design control --methods cosface || exit 1
 if [ -z "$VALID" ]; then echo "no candidate design passed the validity checks"; exit 3; fi
 echo "valid design: $VALID"
 $B --design "$VALID" || exit 1

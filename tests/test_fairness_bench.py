@@ -53,27 +53,30 @@ GROUPS = ["Common1", "Common2", "Common3", "Dense"]
 
 def test_validity_passes_and_fails_on_each_check(capsys):
     good = [_record(s, "dense", {"Common1": 0.5, "Common2": 0.6, "Common3": 0.7, "Dense": 2.2},
-                    {"Common1": 0.2, "Common2": 0.2, "Common3": 0.2, "Dense": 0.4}) for s in range(3)]
+                    {"Common1": 0.2, "Common2": 0.2, "Common3": 0.2, "Dense": 0.4}) for s in range(5)]
     assert bench.validity(good, "dense", "wide", GROUPS)
     assert "VALID as a benchmark" in capsys.readouterr().out
     low_share = [dict(r, training={**r["training"], "group_above_share/Dense": 0.3}) for r in good]
     assert not bench.validity(low_share, "dense", "wide", GROUPS)  # 30 % < 1.4 x 25 %
     saturated = [dict(r, training={**r["training"], "loss": 0.1}) for r in good]
     assert not bench.validity(saturated, "dense", "wide", GROUPS)
-    other_highest = good[:2] + [_record(2, "dense", {"Common1": 2.5, "Common2": 0.6, "Common3": 0.7, "Dense": 2.2},
+    assert not bench.validity(good[:4], "dense", "wide", GROUPS)  # fewer than 5 seeds
+    other_highest = good[:4] + [_record(4, "dense", {"Common1": 2.5, "Common2": 0.6, "Common3": 0.7, "Dense": 2.2},
                                         {"Common1": 0.2, "Common2": 0.2, "Common3": 0.2, "Dense": 0.4})]
     assert not bench.validity(other_highest, "dense", "wide", GROUPS)
     out = capsys.readouterr().out
-    assert out.count("[FAIL]") == 3 and "NOT VALID" in out
+    assert out.count("[FAIL]") == 4 and "NOT VALID" in out
 
 
 def test_control_check_is_whether_every_group_is_within_noise_of_one():
     groups = ["A", "B", "C", "D"]
     noisy = [_record(s, "control", dict(zip(groups, v)), {g: 0.25 for g in groups})
-             for s, v in enumerate([(1.2, 0.8, 1.1, 0.9), (0.8, 1.3, 0.9, 1.0), (1.0, 0.9, 1.0, 1.1)])]
+             for s, v in enumerate([(1.2, 0.8, 1.1, 0.9), (0.8, 1.3, 0.9, 1.0), (1.0, 0.9, 1.0, 1.1),
+                                      (1.1, 1.0, 0.8, 1.1), (0.9, 1.0, 1.2, 0.9)])]
     assert bench.validity(noisy, "control", "wide", groups)
     gap = [_record(s, "control", dict(zip(groups, v)), {g: 0.25 for g in groups})
-           for s, v in enumerate([(2.0, 0.6, 0.7, 0.7), (2.1, 0.6, 0.6, 0.7), (1.9, 0.7, 0.7, 0.7)])]
+           for s, v in enumerate([(2.0, 0.6, 0.7, 0.7), (2.1, 0.6, 0.6, 0.7), (1.9, 0.7, 0.7, 0.7),
+                                    (2.2, 0.6, 0.6, 0.6), (2.0, 0.7, 0.6, 0.7)])]
     assert not bench.validity(gap, "control", "wide", groups)
 
 
@@ -87,3 +90,14 @@ def test_results_file_appends_and_ignores_a_torn_last_line(tmp_path):
     bench.append_result(path, {"key": "d", "x": 4})  # the next run starts on a line of its own
     assert [r["key"] for r in bench.load_results(path)] == ["a", "b", "d"]
     assert bench.run_key("dense", "wide", 0, "cosface", ["b=1", "a=2"]) == json.dumps(["dense", "wide", 0, "cosface", ["a=2", "b=1"]])
+
+
+def test_seed_failures_names_each_failed_check():
+    shares = {"Common1": 0.36, "Common2": 0.17, "Common3": 0.15, "Dense": 0.32}
+    record = dict(_record(0, "dense", {"Common1": 0.6, "Common2": 0.4, "Common3": 0.3, "Dense": 2.6}, shares), size="wide")
+    assert bench.seed_failures(record, "dense", GROUPS) == ["Dense holds 32.0 % of above-T_u entries, < 1.4 x 25.0 %"]
+    record["training"]["group_above_share/Dense"] = 0.36
+    assert bench.seed_failures(record, "dense", GROUPS) == []
+    record["training"]["loss"] = 0.2
+    record["at_fpr"]["0.001"]["group_fpr_over_f"]["Common1"] = 3.0
+    assert [f.split(" ")[0] for f in bench.seed_failures(record, "dense", GROUPS)] == ["saturated", "Common1"]
