@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
 from fpr_plugin.data.image_folder import scan_image_folder
 from fpr_plugin.data.record_set import REC_NAME, record_paths, write_record_set
 from fpr_plugin.data.recordio import rebuild_index
@@ -122,8 +123,12 @@ def build_record_set(src: str | os.PathLike, out: str | os.PathLike, *,
     from tqdm import tqdm
 
     src, out = Path(src), Path(out)
-    if not 1 <= int(quality) <= 100:
-        raise ValueError(f"quality must be in 1..100, got {quality}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise UserError(f"--quality must be an integer in 1..100, got {quality!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UserError(f"--workers must be an integer >= 0 (0: encode in this process), got {workers!r}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder; expected a folder (or a new name) for the record set")
     if (out / REC_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a record set; pass --overwrite to replace it")
     folder = scan_image_folder(src)
@@ -186,29 +191,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--reindex", metavar="RECORD_SET",
                    help="instead of building: rebuild the .idx of a record set folder or .rec file by scanning it")
-    return p
+    return add_debug_flag(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point of ``fpr-build-rec``; returns the exit status."""
+    """Console entry point of ``fpr-build-rec``; returns the exit status (2: bad input, no traceback)."""
+    return run_cli("fpr-build-rec", _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        if args.reindex:
-            if args.src or args.out:
-                parser.error("--reindex takes no SRC/OUT")
-            rec, idx = record_paths(args.reindex)
-            count = rebuild_index(rec, idx)
-            print(f"rebuilt {idx}: {count} records")
-            return 0
-        if not args.src or not args.out:
-            parser.error("SRC and OUT are required (or use --reindex)")
-        summary = build_record_set(args.src, args.out, landmarks=args.landmarks, workers=args.workers,
-                                   quality=args.quality, overwrite=args.overwrite,
-                                   progress=not args.no_progress)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"fpr-build-rec: error: {err}", file=sys.stderr)
-        return 1
+    if args.reindex:
+        if args.src or args.out:
+            parser.error("--reindex takes no SRC/OUT")
+        rec, idx = record_paths(args.reindex)
+        count = rebuild_index(rec, idx)
+        print(f"rebuilt {idx}: {count} records")
+        return 0
+    if not args.src or not args.out:
+        parser.error("SRC and OUT are required (or use --reindex)")
+    summary = build_record_set(args.src, args.out, landmarks=args.landmarks, workers=args.workers,
+                               quality=args.quality, overwrite=args.overwrite,
+                               progress=not args.no_progress)
     shown = {k: v for k, v in summary.items() if k != "skipped_files"}
     print(json.dumps(shown, indent=2))
     if summary["resized"]:

@@ -5,6 +5,7 @@ Each sample is ``(image, label)``: ``image`` a float32 ``[3, H, W]`` RGB tensor 
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import random
@@ -78,7 +79,19 @@ class RecordDataset(_FaceDataset):
         self.num_image = info.num_image
         self.image_size = info.image_size
         self.image_keys = info.image_keys
+        if self.num_image:
+            self._check_first_image()
         self.reader.close()  # reopened on first read, in whichever process reads
+
+    def _check_first_image(self) -> None:
+        """The first image must decode to the ``property`` size (checked once, at the boundary)."""
+        _, payload, key = self._read(0)
+        shape = decode_image(payload, f"{self.reader.rec_path}, key {key}").shape[:2]
+        if tuple(shape) != tuple(self.image_size):
+            raise ValueError(
+                f"{self.reader.rec_path}, key {key}: image is {shape[0]}x{shape[1]} (height x width), but "
+                f"{self.reader.rec_path.parent / 'property'} says {self.image_size[0]}x{self.image_size[1]}; "
+                "expected the images to have the size the property file gives")
 
     def __len__(self) -> int:
         return self.num_image
@@ -90,8 +103,12 @@ class RecordDataset(_FaceDataset):
     def _read(self, index: int) -> tuple[int, bytes, int]:
         key = int(self.image_keys[index])
         header, payload = unpack(self.reader.read_idx(key))
-        label = header.label if isinstance(header.label, numbers.Number) else header.label[0]
-        label = int(label)
+        value = header.label if isinstance(header.label, numbers.Number) else header.label[0]
+        value = float(value)
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ValueError(f"{self.reader.rec_path}, key {key}: label {value!r}; expected an integer class id "
+                             f"in [0, {self.num_classes})")
+        label = int(value)
         if not 0 <= label < self.num_classes:
             raise ValueError(f"{self.reader.rec_path}, key {key}: label {label} is outside "
                              f"[0, num_classes={self.num_classes}) (num_classes from the record set's property)")
@@ -99,7 +116,12 @@ class RecordDataset(_FaceDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         label, payload, key = self._read(index)
-        return self._sample(payload, f"{self.reader.rec_path}, key {key}"), label
+        image = self._sample(payload, f"{self.reader.rec_path}, key {key}")
+        if self.transform is None and tuple(image.shape[1:]) != tuple(self.image_size):
+            raise ValueError(
+                f"{self.reader.rec_path}, key {key}: image is {image.shape[1]}x{image.shape[2]}, expected "
+                f"{self.image_size[0]}x{self.image_size[1]} (the record set's property)")
+        return image, label
 
 
 class ImageFolderDataset(_FaceDataset):

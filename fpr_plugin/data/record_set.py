@@ -11,8 +11,10 @@ Layout (what InsightFace's builders write and arcface_torch's ``MXFaceDataset`` 
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from fpr_plugin.data.recordio import (IndexedRecordReader, IndexedRecordWriter, IRHeader, pack,
-                                      unpack)
+from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap, replace_folder
+from fpr_plugin.data.recordio import (IndexedRecordReader, IndexedRecordWriter, IRHeader,
+                                      RecordFormatError, pack, unpack)
 
 REC_NAME, IDX_NAME, PROPERTY_NAME, GROUPS_NAME = "train.rec", "train.idx", "property", "groups.tsv"
 
@@ -50,16 +53,32 @@ def record_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path / REC_NAME, path / IDX_NAME
 
 
+def _read_text(path: Path, expected: str) -> str:
+    """A small text file's contents; RecordFormatError naming it when it is not UTF-8 text."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordFormatError(f"{path}: not a UTF-8 text file (byte {exc.start} is 0x{data[exc.start]:02x}); "
+                                f"expected {expected}") from None
+    if "\0" in text:
+        raise RecordFormatError(f"{path}: holds NUL bytes, a binary file; expected {expected}")
+    return text
+
+
 def read_property(record_dir: str | os.PathLike) -> tuple[int, int, int] | None:
     """``(num_classes, H, W)`` from the ``property`` file, or None when there is none."""
     path = Path(record_dir) / PROPERTY_NAME
     if not path.is_file():
         return None
-    text = path.read_text(encoding="utf-8").strip()
+    expected = "'num_classes,height,width' (e.g. '1000,112,112')"
+    text = _read_text(path, expected).strip()
     fields = text.split(",")
-    if len(fields) != 3 or not all(f.strip().isdigit() for f in fields):
-        raise ValueError(f"{path}: expected 'num_classes,height,width' (e.g. '1000,112,112'), got {text!r}")
+    if len(fields) != 3 or not all(f.strip().isdigit() and len(f.strip()) < 10 for f in fields):
+        raise RecordFormatError(f"{path}: expected {expected}, got {text[:80]!r}")
     num_classes, height, width = (int(f) for f in fields)
+    if num_classes < 1 or height < 1 or width < 1:
+        raise RecordFormatError(f"{path}: expected positive numbers in {expected}, got {text!r}")
     return num_classes, height, width
 
 
@@ -69,12 +88,14 @@ def read_groups(record_dir: str | os.PathLike) -> dict[int, str] | None:
     if not path.is_file():
         return None
     groups: dict[int, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    expected = "'class_id<TAB>identity<TAB>group' lines"
+    for number, line in enumerate(_read_text(path, expected).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
         if len(fields) != 3 or not fields[0].strip().isdigit():
-            raise ValueError(f"{path}, line {number}: expected 'class_id<TAB>identity<TAB>group', got {line!r}")
+            raise RecordFormatError(f"{path}, line {number}: expected 'class_id<TAB>identity<TAB>group', "
+                                    f"got {line[:80]!r}")
         groups[int(fields[0])] = fields[2].strip()
     return groups
 
@@ -94,7 +115,7 @@ def read_record_set(path: str | os.PathLike, reader: IndexedRecordReader | None 
     if 0 in reader:
         header, _ = unpack(reader.read_idx(0))
         if header.flag > 0:
-            first_identity, end_identity = int(header.label[0]), int(header.label[1])
+            first_identity, end_identity = _check_header(header, keys, rec, idx, num_classes)
             keys = np.arange(1, first_identity, dtype=np.int64)
             if num_classes is None:
                 num_classes = end_identity - first_identity
@@ -104,6 +125,40 @@ def read_record_set(path: str | os.PathLike, reader: IndexedRecordReader | None 
     image_size = (prop[1], prop[2]) if prop else (112, 112)
     return RecordSetInfo(num_classes=num_classes, num_image=int(keys.size), image_size=image_size,
                          image_keys=keys)
+
+
+def _check_header(header: IRHeader, keys: np.ndarray, rec: Path, idx: Path,
+                  num_classes: int | None) -> tuple[int, int]:
+    """``(first_identity_key, end_identity_key)`` of a header record, checked against the index.
+
+    The images are keys ``1 .. first - 1``: every one of them must be in the
+    ``.idx`` (so a header claiming more images than the files hold is refused
+    before anything is allocated for them).
+    """
+    where = f"{rec}, header record (key 0)"
+    label = np.asarray(header.label, dtype=np.float64).ravel()
+    if header.flag != 2 or label.size != 2:
+        raise RecordFormatError(f"{where}: flag {header.flag}; expected flag 2 with the label "
+                                "[first_identity_key, end_identity_key] of an InsightFace record set")
+    if not all(math.isfinite(v) and float(v).is_integer() for v in label):
+        raise RecordFormatError(f"{where}: label {label.tolist()} is not two finite integers "
+                                "[first_identity_key, end_identity_key]")
+    first, end = int(label[0]), int(label[1])
+    if not 1 <= first <= end:
+        raise RecordFormatError(f"{where}: label [{first}, {end}]; expected 1 <= first_identity_key <= "
+                                "end_identity_key")
+    num_images = first - 1
+    present = int(np.count_nonzero((keys >= 1) & (keys < first)))
+    if present != num_images:
+        raise RecordFormatError(
+            f"{where}: says {num_images} images (keys 1..{first - 1}), but {idx} lists {present} of those keys "
+            f"({keys.size} keys in all); the header does not belong to this index (rebuild the set with "
+            "fpr-build-rec, or the index with `fpr-build-rec --reindex`)")
+    if num_classes is not None and end - first != num_classes:
+        raise RecordFormatError(
+            f"{where}: says {end - first} identities (keys {first}..{end - 1}), but {rec.parent / PROPERTY_NAME} "
+            f"says num_classes={num_classes}; expected the two to agree")
+    return first, end
 
 
 def _identity_ranges(labels: np.ndarray, num_classes: int, first_key: int) -> np.ndarray:
@@ -174,20 +229,47 @@ def _sort_by_class(directory: Path, labels: np.ndarray, offsets: list[int]) -> t
     return result
 
 
+def _carry_other_files(old: Path, new: Path, record_names: set[str]) -> None:
+    """Hard-link (else copy) the files of ``old`` that are not part of a record set into ``new``."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in old.iterdir():
+        if entry.name in record_names:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, copy_function=link, symlinks=True)
+        else:
+            link(str(entry), str(new / entry.name))
+
+
+def _umask() -> int:
+    from fpr_plugin.atomic import current_umask
+
+    return current_umask()
+
+
 def write_record_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, bytes]], *,
                      image_size: tuple[int, int] = (112, 112),
                      groups: Mapping[int, tuple[str, str]] | None = None) -> dict:
     """Write ``(class label, encoded image)`` samples as an InsightFace record set in ``out_dir``.
 
     Files are written in a temporary folder and moved into ``out_dir`` when complete (replacing
-    an earlier record set there). ``groups`` maps class id -> ``(identity, group)`` for
+    an earlier record set there in one folder swap; other files in ``out_dir`` are carried over). ``groups`` maps class id -> ``(identity, group)`` for
     ``groups.tsv``; it is read after ``samples`` is exhausted, so a caller may fill it while the
     samples stream. Returns ``num_classes``, ``num_image`` and the file paths.
     """
     out_dir = Path(out_dir)
     height, width = (int(v) for v in image_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    for line in recover_folder_swap(out_dir):
+        print(f"note: {line}", file=sys.stderr)
+    for left in clean_stale_temporaries(out_dir.parent, only_for=out_dir.name):
+        print(f"note: removed {left}, left by an interrupted build", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
     try:
         num_classes, num_image = _write_layout(tmp, samples)
         (tmp / PROPERTY_NAME).write_text(f"{num_classes},{height},{width}\n", encoding="utf-8")
@@ -201,14 +283,11 @@ def write_record_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, by
                 lines.append(f"{int(class_id)}\t{identity}\t{group}\n")
             (tmp / GROUPS_NAME).write_text("".join(lines), encoding="utf-8")
             names.append(GROUPS_NAME)
-        if not out_dir.exists():
-            os.replace(tmp, out_dir)
-        else:
-            stale = out_dir / GROUPS_NAME
-            if groups is None and stale.exists():
-                stale.unlink()
-            for name in names:
-                os.replace(tmp / name, out_dir / name)
+        for name in names:
+            (tmp / name).chmod(0o666 & ~_umask())
+        if out_dir.is_dir():
+            _carry_other_files(out_dir, tmp, set(names) | {GROUPS_NAME})
+        replace_folder(tmp, out_dir)  # one rename (two, with recovery, when replacing a set)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from fpr_plugin.atomic import atomic_write
+from fpr_plugin.atomic import apply_umask, atomic_write, fsync_dir
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -417,13 +417,26 @@ class IndexedRecordWriter:
         self._rec.seek(end)
 
     def close(self) -> None:
-        """Flush both files and move them to their final names."""
+        """Flush both files to the disk and move them to their final names.
+
+        Two files cannot be replaced in one step: the old ``.idx`` is removed
+        first, so a crash in between leaves a ``.rec`` without an index (which
+        readers refuse, naming ``fpr-build-rec --reindex``), never a new
+        ``.rec`` with the old index. A whole record set is swapped as one folder
+        (:func:`fpr_plugin.data.record_set.write_record_set`).
+        """
         if self._rec.closed:
             return
-        self._rec.close()
-        self._idx.close()
+        for f in (self._rec, self._idx):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for tmp in (self._tmp_rec, self._tmp_idx):
+            apply_umask(tmp)
+        self.idx_path.unlink(missing_ok=True)
         os.replace(self._tmp_rec, self.rec_path)
         os.replace(self._tmp_idx, self.idx_path)
+        fsync_dir(self.rec_path.parent)
 
     def discard(self) -> None:
         """Close and delete the partly written files."""

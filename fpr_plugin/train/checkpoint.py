@@ -26,12 +26,15 @@ import numpy as np
 import torch
 
 from fpr_plugin.atomic import atomic_write
+from fpr_plugin.cli_errors import UserError
 
 __all__ = [
     "CHECKPOINT_DIR",
     "RESUMABLE_KEYS",
     "CompleteCheckpoint",
     "atomic_write",
+    "CheckpointError",
+    "non_finite_entry",
     "save_file",
     "load_file",
     "checkpoint_path",
@@ -39,6 +42,7 @@ __all__ = [
     "latest_checkpoint",
     "prune_checkpoints",
     "write_model_and_config",
+    "write_config",
     "rng_state",
     "set_rng_state",
     "check_compatible",
@@ -70,14 +74,62 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be loaded (damaged, truncated, or holding objects); names the file."""
+
+
+def non_finite_entry(obj: Any, prefix: str = "") -> str | None:
+    """The key of the first floating-point tensor (or float) in ``obj`` holding NaN/inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return prefix or "<tensor>"
+        return None
+    if isinstance(obj, float):
+        return None if np.isfinite(obj) else (prefix or "<float>")
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_entry(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def save_file(obj: Any, path: str | Path) -> None:
-    """``torch.save`` under a temporary name, then rename."""
+    """``torch.save`` under a temporary name, fsync, then rename."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_file(path: str | Path) -> dict:
-    """Load a checkpoint with ``weights_only=True`` onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` onto the CPU; CheckpointError naming the file."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); expected a torch.save file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} refused: it holds objects other than tensors and plain containers, "
+            f"which are not loaded ({' '.join(first.split())[:200]})") from None
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated ({type(exc).__name__}: {' '.join(first.split())[:200]}); "
+            "expected a complete torch.save file") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}; expected a dict of training state")
+    return state
 
 
 def checkpoint_path(output: str | Path, global_step: int, rank: int, world_size: int) -> Path:
@@ -142,13 +194,22 @@ def prune_checkpoints(output: str | Path, keep: int) -> None:
 def write_model_and_config(output: str | Path, backbone_state: Mapping[str, torch.Tensor], config: dict) -> None:
     """Write ``model.pt`` (backbone weights only) and ``config.json`` atomically."""
     output = Path(output)
-    save_file({k: v.detach().cpu() for k, v in backbone_state.items()}, output / "model.pt")
+    weights = {k: v.detach().cpu() for k, v in backbone_state.items()}
+    bad = non_finite_entry(weights)
+    if bad is not None:  # never write a model full of NaN
+        raise FloatingPointError(f"refusing to write {output / 'model.pt'}: backbone weight {bad!r} is not finite")
+    save_file(weights, output / "model.pt")
+    write_config(output, config)
+
+
+def write_config(output: str | Path, config: dict) -> None:
+    """Write ``config.json`` (the resolved config) atomically."""
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
 
     def write_json(tmp: str) -> None:
         Path(tmp).write_text(text + "\n", encoding="utf-8")
 
-    atomic_write(output / "config.json", write_json)
+    atomic_write(Path(output) / "config.json", write_json)
 
 
 # ---- random number generators -------------------------------------------------------------

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from fpr_plugin.cli_errors import add_debug_flag, run_cli
+
 __all__ = ["build_parser", "main"]
 
 
@@ -30,13 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a recipe key (repeatable), e.g. --set lr=0.05 --set loss_params.alpha=0.5",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last intact checkpoint (a damaged newest one is skipped)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace another run's checkpoints and files in the output folder")
     parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved config and build the model, without training",
     )
-    return parser
+    return add_debug_flag(parser)
 
 
 def _dry_run(cfg) -> int:
@@ -50,12 +55,12 @@ def _dry_run(cfg) -> int:
     params = sum(p.numel() for p in backbone.parameters())
     if cfg.get("init_backbone"):  # check that the pretrained weights fit (a fresh run loads them)
         from fpr_plugin.backbones.pretrained import InitBackboneError, load_init_backbone
+        from fpr_plugin.cli_errors import UserError
 
         try:
             load_init_backbone(backbone, cfg.init_backbone, cfg)
         except InitBackboneError as exc:
-            print(f"fpr-train: error: {exc}", file=sys.stderr)
-            return 2
+            raise UserError(str(exc)) from None
     print(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     print(f"backbone {cfg.network}: {params / 1e6:.2f}M parameters; classifier {tuple(head.weight.shape)}")
     if cfg.get("init_backbone"):
@@ -64,29 +69,32 @@ def _dry_run(cfg) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``fpr-train``; returns the exit status."""
+    """Entry point of ``fpr-train``; returns the exit status.
+
+    2: bad input (one line naming the file/key/value); 1: the run diverged (one
+    line naming the step and the last good checkpoint) or an internal error.
+    """
+    return run_cli("fpr-train", _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from fpr_plugin.train.config import load_config
 
+    if args.resume and args.overwrite:
+        build_parser().error("--resume and --overwrite exclude each other")
     overrides = list(args.overrides) + (["resume=True"] if args.resume else [])
-    try:
-        cfg = load_config(args.recipe, loss=args.loss, overrides=overrides)
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
-        print(f"fpr-train: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.recipe, loss=args.loss, overrides=overrides)
     if args.dry_run:
         return _dry_run(cfg)
     from fpr_plugin.backbones.pretrained import InitBackboneError
-    from fpr_plugin.train.trainer import NonFiniteLossError, train
+    from fpr_plugin.cli_errors import UserError
+    from fpr_plugin.train.trainer import train
 
     try:
-        train(cfg)
+        train(cfg, overwrite=args.overwrite)
     except InitBackboneError as exc:  # the recipe's init_backbone does not fit: bad input
-        print(f"fpr-train: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, NonFiniteLossError) as exc:
-        print(f"fpr-train: error: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(str(exc)) from None
     return 0
 
 

@@ -14,12 +14,17 @@ import ast
 import copy
 import difflib
 import inspect
+import math
 import numbers
 import runpy
+import sys
+import traceback
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
+
+from fpr_plugin.cli_errors import UserError
 
 __all__ = [
     "load_config",
@@ -29,6 +34,8 @@ __all__ = [
     "apply_override",
     "resolve_loss_params",
     "validate_config",
+    "check_buildable",
+    "repository_base_recipe",
     "fill_from_records",
     "default_output",
     "to_plain",
@@ -61,25 +68,57 @@ def _unknown_key_message(key: str, known: Iterable[str], where: str) -> str:
     return f"unknown key {key!r} in {where}{suggestion}"
 
 
+def repository_base_recipe() -> Path:
+    """``recipes/base.py`` of this checkout (beside the ``fpr_plugin`` package)."""
+    return Path(__file__).resolve().parents[2] / "recipes" / "base.py"
+
+
 def find_base_recipe(recipe_path: str | Path) -> Path:
-    """The ``base.py`` a recipe builds on: the one beside it, else the repository's ``recipes/base.py``."""
+    """The ``base.py`` a recipe builds on: the repository's ``recipes/base.py``.
+
+    A ``base.py`` that happens to lie beside a recipe elsewhere is *not* run (it
+    would run as code); it is used only where the repository has no
+    ``recipes/base.py`` (an installed package without the recipes folder).
+    """
+    repository = repository_base_recipe()
+    if repository.is_file():
+        return repository
     beside = Path(recipe_path).resolve().parent / "base.py"
     if beside.is_file():
         return beside
-    repository = Path(__file__).resolve().parents[2] / "recipes" / "base.py"
-    if repository.is_file():
-        return repository
     raise FileNotFoundError(
-        f"no base recipe for {recipe_path}: expected base.py beside it or at {repository}"
+        f"no base recipe for {recipe_path}: expected {repository} (or base.py beside the recipe)"
     )
 
 
+def _recipe_failure(path: Path, exc: BaseException) -> UserError:
+    """A one-line error for a recipe that does not run: its file, line and the exception."""
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename or path}, line {exc.lineno}"
+        return UserError(f"recipe {where}: syntax error: {exc.msg}; expected a Python file defining `config`")
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).suffix == ".py"
+              and not f.filename.startswith(sys.prefix) and "runpy" not in Path(f.filename).name]
+    recipe_frames = [f for f in frames if Path(f.filename).resolve().parent == path.resolve().parent] or frames
+    where = f"{recipe_frames[-1].filename}, line {recipe_frames[-1].lineno}" if recipe_frames else str(path)
+    message = " ".join(str(exc).split())
+    return UserError(f"recipe {path} failed while running ({where}): {type(exc).__name__}: {message}")
+
+
 def load_recipe(path: str | Path) -> dict:
-    """Run a recipe file and return a deep copy of its ``config`` as a plain dict."""
+    """Run a recipe file and return a deep copy of its ``config`` as a plain dict.
+
+    A recipe is Python and runs as code (as arcface_torch's configs do): only run
+    recipes you trust. Its errors (syntax, exceptions) become one-line UserErrors.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
-    namespace = runpy.run_path(str(path), run_name=f"fpr_recipe_{path.stem}")
+    try:
+        namespace = runpy.run_path(str(path), run_name=f"fpr_recipe_{path.stem}")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the recipe is user code: its failure is a user error
+        raise _recipe_failure(path, exc) from exc
     if "config" not in namespace:
         raise ValueError(f"recipe {str(path)!r} does not define `config` (an EasyDict of settings)")
     config = namespace["config"]
@@ -160,6 +199,8 @@ def _coerce(value: Any, example: Any, key: str, optional_type: type | None = Non
         raise ValueError(f"key {key!r} expects an integer, got {value!r}")
     if isinstance(example, numbers.Real):
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ValueError(f"key {key!r} expects a finite number, got {value!r}")
             return float(value)
         raise ValueError(f"key {key!r} expects a number, got {value!r}")
     if isinstance(example, str):
@@ -298,6 +339,35 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     need(cfg["keep_checkpoints"] >= 1, "keep_checkpoints", ">= 1")
     need(cfg["num_classes"] is None or cfg["num_classes"] > 1, "num_classes", "at least 2 or None")
     need(cfg["num_image"] is None or cfg["num_image"] > 0, "num_image", "positive or None")
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+
+
+def _numbers(value: Any, key: str = "") -> Iterable[tuple[str, float]]:
+    """Every float/int in a config, with its dotted key."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{key}[{i}]")
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        yield key, float(value)
+
+
+def check_buildable(cfg: Mapping[str, Any]) -> None:
+    """The backbone name is registered and the loss accepts its parameters (UserError naming the key)."""
+    from fpr_plugin.registry import BACKBONES, build_loss
+
+    if cfg["network"] not in BACKBONES.names():
+        hint = _closest(cfg["network"], BACKBONES.names())
+        raise UserError(f"config key 'network': unknown backbone {cfg['network']!r}; expected one of "
+                        f"{', '.join(sorted(BACKBONES.names()))}" + (f" (did you mean {hint!r}?)" if hint else ""))
+    try:
+        build_loss(cfg["loss"], **cfg["loss_params"])
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"config key 'loss_params' for loss {cfg['loss']!r}: {' '.join(str(exc).split())}") from None
 
 
 def default_output(recipe: str, loss: str) -> str:
@@ -342,6 +412,7 @@ def load_config(
     if cfg["output"] is None:
         cfg["output"] = default_output(cfg["recipe"], cfg["loss"])
     validate_config(cfg)
+    check_buildable(cfg)
     return EasyDict(cfg)
 
 

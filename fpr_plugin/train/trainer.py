@@ -11,10 +11,12 @@ per rank as arcface_torch does).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from easydict import EasyDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fpr_plugin.cli_errors import UserError
 from fpr_plugin.train import checkpoint as ckpt
 from fpr_plugin.train.config import fill_from_records, to_plain
 from fpr_plugin.train.environment import (
@@ -44,13 +47,43 @@ __all__ = [
     "init_head_rows",
     "derive_seed",
     "NonFiniteLossError",
+    "OutputFolderError",
+    "all_finite",
 ]
 
 HEAD_INIT_BLOCK = 4096  # rows of the classifier initialised from one seed
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+class NonFiniteLossError(UserError, FloatingPointError):
+    """Training diverged: a NaN/inf loss, embedding, gradient or weight; names the step and the last good checkpoint.
+
+    Nothing is saved from the diverged step on. Exit status 1: the input was
+    valid, the run failed (printed as one line, without a traceback).
+    """
+
+    exit_code = 1
+
+
+class OutputFolderError(UserError):
+    """The output folder holds another run (or cannot be used); the message says what to pass."""
+
+
+def _all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` is true on every rank (one all-reduce when distributed), so all ranks agree."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def all_finite(tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> bool:
+    """True when every tensor is finite on every rank (one fused norm per call, one all-reduce)."""
+    tensors = [t.detach() for t in tensors if t is not None and t.numel()]
+    if not tensors:
+        return _all_ranks(True, device)
+    norms = torch._foreach_norm([t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors])
+    return _all_ranks(bool(torch.isfinite(torch.stack(norms).sum())), tensors[0].device)
 
 
 def derive_seed(*parts: int) -> int:
@@ -143,9 +176,14 @@ def forward_loss(
     labels: torch.Tensor,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Global-batch mean loss of one step: backbone (under autocast when ``amp_dtype``) then head in float32."""
+    """Global-batch mean loss of one step: backbone (under autocast when ``amp_dtype``) then head in float32.
+
+    Raises NonFiniteLossError("embeddings") when an embedding is NaN/inf on any rank.
+    """
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         embeddings = model(images)
+    if not all_finite([embeddings], images.device):
+        raise NonFiniteLossError("embeddings")
     return head.training_loss(embeddings.float(), labels)
 
 
@@ -155,12 +193,19 @@ def backward_and_step(
     scaler: torch.amp.GradScaler,
     backbone: nn.Module,
     grad_clip: float | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> None:
-    """Backward pass, optional clipping of the backbone's gradient norm, optimizer step, zero grads."""
+    """Backward pass, optional clipping of the backbone's gradient norm, ``before_step()``, optimizer step, zero grads."""
     scaler.scale(loss).backward()
     if grad_clip is not None:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(backbone.parameters(), grad_clip)
+    if before_step is not None:
+        try:
+            before_step()
+        except BaseException:
+            optimizer.zero_grad(set_to_none=True)
+            raise
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -179,9 +224,10 @@ def make_optimizer(cfg: Mapping[str, Any], backbone: nn.Module, head: nn.Module)
 class _Run:
     """State of one training process; :meth:`fit` runs it."""
 
-    def __init__(self, cfg: EasyDict, env: RunEnvironment) -> None:
+    def __init__(self, cfg: EasyDict, env: RunEnvironment, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.env = env
+        self.overwrite = overwrite
         self.logger = get_logger()
         self.output = Path(cfg.output)
 
@@ -283,7 +329,12 @@ class _Run:
         if self.last_saved_step == self.global_step:
             return
         path = ckpt.checkpoint_path(self.output, self.global_step, self.env.rank, self.env.world_size)
-        ckpt.save_file(self._state(), path)
+        state = self._state()
+        bad = ckpt.non_finite_entry({k: state[k] for k in ("backbone", "head", "optimizer")})
+        if not _all_ranks(bad is None, self.env.device):  # never write a checkpoint holding NaN/inf
+            raise NonFiniteLossError(self._divergence(
+                f"values in the state to save ({bad or 'on another rank'})", self.global_step, saving=True))
+        ckpt.save_file(state, path)
         if self.env.distributed:
             dist.barrier()
         if self.env.is_main:
@@ -291,24 +342,60 @@ class _Run:
             ckpt.prune_checkpoints(self.output, self.cfg.keep_checkpoints)
         self.last_saved, self.last_saved_step = path, self.global_step
 
-    def resume_or_start(self) -> None:
-        """Load the last complete checkpoint when ``resume``; refuse to overwrite one otherwise."""
+    def _claim_output(self) -> None:
+        """A fresh run (no ``resume``) may write into a folder only when it holds no other run's files.
+
+        Checkpoints: refused unless ``overwrite`` (then the old run's files are removed).
+        A ``config.json`` without checkpoints (a run stopped before its first save):
+        continued from scratch when the settings match, refused unless ``overwrite``
+        when they do not. Leftover ``metrics.jsonl`` lines of such a run are dropped.
+        """
         found = ckpt.latest_checkpoint(self.output)
+        config_file = self.output / "config.json"
+        conflict = None
+        if found is not None:
+            conflict = (f"output {str(self.output)!r} already holds checkpoints (last at step {found.global_step}); "
+                        "pass --resume to continue that run, --overwrite to replace it, or choose another output "
+                        "with --set output=DIR")
+        elif config_file.is_file():
+            try:
+                saved = json.loads(config_file.read_text(encoding="utf-8"))
+                ckpt.check_compatible(saved, self.plain_config, str(config_file))
+            except (ValueError, OSError) as exc:
+                conflict = (f"output {str(self.output)!r} holds another run ({' '.join(str(exc).split())}); "
+                            "pass --overwrite to replace it or choose another output with --set output=DIR")
+        if conflict is not None and not self.overwrite:
+            raise OutputFolderError(conflict)
+        if self.env.is_main:
+            if conflict is not None:
+                self.logger.warning("--overwrite: removing the previous run's files in %s", self.output)
+                shutil.rmtree(self.output / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+                for name in ("model.pt", "config.json", "metrics.jsonl"):
+                    (self.output / name).unlink(missing_ok=True)
+                shutil.rmtree(self.output / "tensorboard", ignore_errors=True)
+            elif (self.output / "metrics.jsonl").is_file():
+                self.logger.warning("dropping metrics.jsonl lines of an earlier run of these settings in %s "
+                                    "that stopped before its first checkpoint", self.output)
+            _truncate_metrics(self.output / "metrics.jsonl", 0)
+            ckpt.write_config(self.output, self.plain_config)
+        if self.env.distributed:
+            dist.barrier()
+
+    def resume_or_start(self) -> None:
+        """Load the last intact checkpoint when ``resume``; refuse to overwrite another run otherwise."""
         if not self.cfg.resume:
-            if found is not None:
-                raise FileExistsError(
-                    f"output {str(self.output)!r} already holds checkpoints (last at step {found.global_step}); "
-                    "pass --resume to continue that run or choose another output with --set output=DIR"
-                )
+            self._claim_output()
             self._init_backbone()
             self._seed_rngs()
             return
+        found, state = self._load_last_intact()
         if found is None:
             self.logger.warning("resume: no complete checkpoint in %s, starting from scratch", self.output)
+            if self.env.is_main:
+                _truncate_metrics(self.output / "metrics.jsonl", 0)
             self._init_backbone()
             self._seed_rngs()
             return
-        state = self._load_for_this_rank(found)
         ckpt.check_compatible(state["config"], self.plain_config, str(found.folder))
         self.backbone.load_state_dict(state["backbone"])
         self.head.load_state_dict(state["head"])
@@ -341,6 +428,29 @@ class _Run:
         load_init_backbone(self.backbone, self.cfg.init_backbone, self.cfg)
         self.logger.info("initialised the backbone from init_backbone %s", self.cfg.init_backbone)
 
+    def _load_last_intact(self) -> tuple[ckpt.CompleteCheckpoint | None, dict | None]:
+        """The newest complete save that loads (and is finite) on every rank; damaged newer ones are skipped."""
+        candidates = ckpt.complete_checkpoints(self.output)
+        for found in reversed(candidates):
+            state, problem = None, None
+            try:
+                state = self._load_for_this_rank(found)
+                bad = ckpt.non_finite_entry({k: state.get(k) for k in ("backbone", "head")})
+                if bad is not None:
+                    problem = f"weight {bad!r} is not finite"
+            except ckpt.CheckpointError as exc:
+                problem = str(exc)
+            except (KeyError, TypeError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if _all_ranks(problem is None, self.env.device):
+                return found, state
+            older = [c for c in candidates if c.global_step < found.global_step]
+            self.logger.warning(
+                "resume: skipping the damaged checkpoint %s (%s); %s", found.folder,
+                problem or "damaged on another rank",
+                f"trying the previous one, {older[-1].folder}" if older else "no older checkpoint is left")
+        return None, None
+
     def _load_for_this_rank(self, found: ckpt.CompleteCheckpoint) -> dict:
         if found.world_size == self.env.world_size:
             return ckpt.load_file(found.rank_file(self.env.rank))
@@ -367,18 +477,38 @@ class _Run:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         lr = self.schedule.apply(self.global_step)
-        loss = forward_loss(self.model, self.head, images, labels, self.amp_dtype)
+        step = self.global_step + 1
+        try:
+            loss = forward_loss(self.model, self.head, images, labels, self.amp_dtype)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(self._divergence(f"{exc}", step)) from None
         value = float(loss.detach())
         if not math.isfinite(value):
-            where = f"epoch {self.epoch}, step {self.step_in_epoch} of the epoch, global step {self.global_step + 1}"
-            kept = f"the last good checkpoint is {self.last_saved}" if self.last_saved else "no checkpoint was saved yet"
-            raise NonFiniteLossError(
-                f"non-finite loss {value} at {where}; {kept} (lower lr, check the data, or use fp16=False)"
-            )
-        backward_and_step(loss, self.optimizer, self.scaler, self.backbone, self.cfg.grad_clip)
+            raise NonFiniteLossError(self._divergence(f"loss {value}", step))
+
+        def check_gradients() -> None:
+            if self.scaler.is_enabled():  # fp16: the scaler skips steps with inf gradients itself
+                return
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
+            if not all_finite(grads, device):
+                raise NonFiniteLossError(self._divergence("gradient", step))
+
+        backward_and_step(loss, self.optimizer, self.scaler, self.backbone, self.cfg.grad_clip, check_gradients)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if not all_finite(params, device):
+            raise NonFiniteLossError(self._divergence("weights after the optimizer step", step))
         self._record_groups(labels)
         self._last_lr = lr
         return value
+
+    def _divergence(self, what: str, step: int, saving: bool = False) -> str:
+        """The message of a diverged run: what, the step, the last good checkpoint, what to try."""
+        where = f"epoch {self.epoch}, step {self.step_in_epoch} of the epoch, global step {step}"
+        kept = (f"the last good checkpoint is {self.last_saved}" if self.last_saved
+                else "no checkpoint was saved yet")
+        done = "nothing was saved" if saving else "nothing was saved from this step on"
+        return (f"training diverged: non-finite {what} at {where}; {kept}; {done} "
+                f"(lower lr, check the data, or use fp16=False, then --resume)")
 
     def _record_groups(self, labels: torch.Tensor) -> None:
         if self.group_meter is None or self.loss_fn is None:
@@ -408,6 +538,33 @@ class _Run:
 
     def fit(self) -> dict:
         """Train from the current state to ``total_steps``; returns a summary."""
+        cfg = self.cfg
+        lock = self._lock_output()
+        try:
+            return self._fit_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_output(self):
+        """Rank 0 takes ``<output>/.fpr.lock``; every rank fails together when it cannot."""
+        from fpr_plugin.atomic import clean_stale_temporaries
+        from fpr_plugin.run_lock import OutputLock
+
+        lock, error = None, None
+        if self.env.is_main:
+            try:
+                lock = OutputLock(self.output, "fpr-train").acquire()
+                for folder in (self.output, *self.output.glob(f"{ckpt.CHECKPOINT_DIR}/step_*")):
+                    for left in clean_stale_temporaries(folder):
+                        self.logger.info("removed %s, left by an interrupted run", left)
+            except UserError as exc:
+                error = exc
+        if not _all_ranks(error is None, self.env.device):
+            raise error or OutputFolderError(f"output {self.output}: rank 0 could not take its lock")
+        return lock
+
+    def _fit_locked(self) -> dict:
         cfg = self.cfg
         self.resume_or_start()
         monitor = TrainingMonitor(
@@ -490,15 +647,16 @@ def _truncate_metrics(path: Path, global_step: int) -> None:
     ckpt.atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
 
 
-def train(cfg: Mapping[str, Any]) -> dict:
+def train(cfg: Mapping[str, Any], overwrite: bool = False) -> dict:
     """Train with a resolved config (see :func:`fpr_plugin.train.config.load_config`); returns a summary.
 
     Runs in one process, or in every process of a ``torchrun`` launch (the
     process group is created from the environment and destroyed at the end).
+    ``overwrite`` lets a fresh run replace another run's files in ``cfg.output``.
     """
     cfg = EasyDict(to_plain(cfg))
     env = setup_environment()
     try:
-        return _Run(cfg, env).fit()
+        return _Run(cfg, env, overwrite=overwrite).fit()
     finally:
         teardown_environment(env)

@@ -113,7 +113,7 @@ def test_read_landmarks_formats_and_errors(tmp_path):
 def test_build_without_readable_images_fails_and_writes_nothing(tmp_path, capsys):
     (tmp_path / "src" / "id0").mkdir(parents=True)
     (tmp_path / "src" / "id0" / "x.jpg").write_bytes(b"junk")
-    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 1
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 2
     assert "no readable image (1 skipped); nothing was written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -129,8 +129,7 @@ def test_interrupted_build_leaves_no_partial_output(tree, tmp_path, monkeypatch)
         return data, False
 
     monkeypatch.setattr(build_rec, "encode_face", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        main([str(src), str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+    assert main([str(src), str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
@@ -139,7 +138,7 @@ def test_existing_output_needs_overwrite(tree, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(src), str(out), "--workers", "0", "--no-progress"]
     assert main(args) == 0
-    assert main(args) == 1
+    assert main(args) == 2
     assert "already holds a record set; pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
 

@@ -85,13 +85,35 @@ def test_array_label_uses_its_first_element(tmp_path, make_image):
     assert [ds[0][1], ds[1][1]] == [1, 0]
 
 
-def test_label_beyond_num_classes_names_key_and_value(record_set):
+def test_property_contradicting_the_header_is_refused_at_open(record_set):
     path, _, _ = record_set
     (path / "property").write_text("3,112,112\n")
-    ds = RecordDataset(path)
-    assert ds[5][1] == 2
-    with pytest.raises(ValueError, match=r"train\.rec, key 7: label 3 is outside \[0, num_classes=3\)"):
-        ds[6]
+    with pytest.raises(ValueError, match=r"header record \(key 0\): says 4 identities .*property says num_classes=3"):
+        RecordDataset(path)
+
+
+def _headerless_set(folder, labels, make_image, num_classes):
+    """A plain im2rec-style set (every key an image, no header record) with a property file."""
+    folder.mkdir()
+    with IndexedRecordWriter(folder / "train.idx", folder / "train.rec") as writer:
+        for key, label in enumerate(labels):
+            writer.write_idx(key, pack(IRHeader(0, label, key, 0), png(make_image())))
+    (folder / "property").write_text(f"{num_classes},112,112\n")
+    return folder
+
+
+def test_label_beyond_num_classes_names_key_and_value(tmp_path, make_image):
+    ds = RecordDataset(_headerless_set(tmp_path / "rs", [0, 1, 2, 3], make_image, 3))
+    assert ds[2][1] == 2
+    with pytest.raises(ValueError, match=r"train\.rec, key 3: label 3 is outside \[0, num_classes=3\)"):
+        ds[3]
+
+
+@pytest.mark.parametrize("label", [float("nan"), float("inf"), 1.5])
+def test_non_integer_label_names_key_and_value(tmp_path, make_image, label):
+    ds = RecordDataset(_headerless_set(tmp_path / "rs", [0, label], make_image, 3))
+    with pytest.raises(ValueError, match=r"train\.rec, key 1: label .* expected an integer class id in \[0, 3\)"):
+        ds[1]
 
 
 def test_undecodable_image_names_the_key(tmp_path, make_image):

@@ -15,7 +15,7 @@ def test_bad_input_returns_an_error_naming_it(tmp_path, capsys):
     recipe.write_text("config = {}\n")
     assert main([str(recipe), "--set", "weight_decya=1e-4"]) == 2
     assert "did you mean 'weight_decay'" in capsys.readouterr().err
-    assert main([str(recipe), "--set", f"rec={tmp_path / 'nowhere'}", "--set", f"output={tmp_path / 'o'}"]) == 1
+    assert main([str(recipe), "--set", f"rec={tmp_path / 'nowhere'}", "--set", f"output={tmp_path / 'o'}"]) == 2
     assert "nowhere" in capsys.readouterr().err
 
 
