@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_recip
 def test_resume_refuses_another_recipe_setting(tiny_recipe, tmp_path):
     out = tmp_path / "run"
     trainer.train(_cfg(tiny_recipe, out, "cosface", "max_steps=2"))
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(trainer.OutputFolderError, match="pass --resume to continue that run"):
         trainer.train(_cfg(tiny_recipe, out, "cosface", "max_steps=4"))
     with pytest.raises(ValueError, match=r"key 'lr' was 0.1 there and is 0.05"):
         trainer.train(_cfg(tiny_recipe, out, "cosface", "max_steps=4", "lr=0.05", "resume=True"))
