@@ -475,7 +475,11 @@ def export_onnx(
 
     # A hidden temporary name ending in .onnx: insightface only opens *.onnx paths as
     # files, and FaceAnalysis's *.onnx glob skips dot files.
-    tmp_name = output.parent / f".{output.stem}.{secrets.token_hex(4)}.partial.onnx"
+    from fpr_plugin.atomic import clean_stale_temporaries
+
+    for left in clean_stale_temporaries(output.parent, only_for=output.stem):
+        print(f"fpr-export: note: removed {left}, left by an interrupted export", file=sys.stderr)
+    tmp_name = output.parent / f".{output.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial.onnx"
     try:
         export_model(model, tmp_name, opset=opset, batch=fixed_batch, metadata=metadata)
         checks = verify_onnx(tmp_name, model, batch=fixed_batch, tolerance=tolerance)
@@ -544,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle arbitrary objects in the checkpoint (only for trusted files)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser
+    from fpr_plugin.cli_errors import add_debug_flag
+
+    return add_debug_flag(parser)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -554,18 +560,27 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2: bad input, 1: a failed self-check)."""
+    from fpr_plugin.cli_errors import run_cli
+
+    return run_cli("fpr-export", _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from fpr_plugin.cli_errors import UserError
+
+    class ExportFailed(UserError):  # the export ran and failed its self-checks: one line, exit 1
+        exit_code = 1
+
     args = build_parser().parse_args(argv)
     try:
         report = export_onnx(args.checkpoint, args.output, recipe=args.recipe, opset=args.opset,
                              batch=args.batch, tolerance=args.tolerance,
                              trust_checkpoint=args.trust_checkpoint, network=args.network,
                              embedding_size=args.embedding_size)
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # the user's input: exit 2
-        print(f"fpr-export: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    except KeyError as exc:  # a key the checkpoint lacks: the user's input
+        raise UserError(_one_line(exc)) from None
     except (ExportCheckError, RuntimeError) as exc:  # the export failed its self-checks
-        print(f"fpr-export: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        raise ExportFailed(_one_line(exc)) from None
     print(json.dumps(report, indent=2) if args.json else _format_report(report))
     return 0
 

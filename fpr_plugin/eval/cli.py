@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
 from fpr_plugin.eval import protocols
 from fpr_plugin.eval.cache import cached_embeddings, file_sha256
 from fpr_plugin.eval.dense import DEFAULT_FPRS, count_tiles
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", nargs="+", default=None,
                    help="onnxruntime providers (default: CUDA if available, else CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+    return add_debug_flag(p)
 
 
 def build_embedder(model_path: Path, args: argparse.Namespace) -> Any:
@@ -111,13 +112,19 @@ def evaluate_model(label: str, model_path: Path, embedder: Any, sets: Sequence[p
     out = {"model": str(model_path), "sha256": sha, "datasets": {}}
     for s in sets:
         key = s.cache_key() + ("" if flip else "-noflip")
+        meta: dict = {}
         emb, cached = cached_embeddings(
             args.output / "cache", sha, key, expected_rows=len(s.images),
-            compute=lambda s=s: embed_set(embedder, s.images, args.batch_size, flip, f"{label} {s.name}", progress))
+            compute=lambda s=s: embed_set(embedder, s.images, args.batch_size, flip, f"{label} {s.name}", progress),
+            meta=meta, meta_of=lambda s=s: {"resized_from": sorted([list(hw) for hw in s.images.resized_from])})
+        if not np.isfinite(emb).all():
+            raise UserError(f"model {model_path} gives non-finite embeddings on {s.name}; expected finite "
+                            "embeddings (is the model diverged?)")
         entry: dict = {"n_images": len(s.images), "embeddings_cached": cached, "notes": list(s.notes),
                        "pairs": None, "dense": None}
-        if s.images.resized_from:
-            sizes = ", ".join(f"{w}x{h}" for h, w in sorted(s.images.resized_from))
+        resized = {tuple(hw) for hw in meta.get("resized_from", [])} | set(s.images.resized_from)
+        if resized:
+            sizes = ", ".join(f"{w}x{h}" for h, w in sorted(resized))
             entry["notes"].append(f"images of size {sizes} were resized to 112x112 without alignment")
         if s.pairs is not None:
             entry["pairs"] = evaluate_pairs(emb, s.pairs, args.fpr)
@@ -131,30 +138,48 @@ def evaluate_model(label: str, model_path: Path, embedder: Any, sets: Sequence[p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``fpr-eval``; returns the exit status (2 on bad input, with the reason on stderr)."""
+    """Run ``fpr-eval``; returns the exit status (2 on bad input, one line on stderr naming it)."""
+    return run_cli("fpr-eval", _main, argv)
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} exists and is not a folder; expected a folder for the report")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--output {output}: {parent} is a file, not a folder")
+            break
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from fpr_plugin.atomic import clean_stale_temporaries
+    from fpr_plugin.run_lock import OutputLock
+
     args = build_parser().parse_args(argv)
-    try:
-        for f in args.fpr:
-            if not 0.0 < f < 1.0:
-                raise ValueError(f"--fpr values must be in (0, 1), got {f}")
-        if args.chunk_size < 1 or args.batch_size < 1:
-            raise ValueError("--chunk-size and --batch-size must be >= 1")
-        paths = [args.model] if args.model else list(args.compare)
-        for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"model file not found: {path}")
-        labels = model_labels(paths)
-        sets = load_sets(args)
-        report = {"fprs": list(args.fpr), "bias_degree": "std_over_f", "models": {}}
+    for f in args.fpr:
+        if not 0.0 < f < 1.0:
+            raise UserError(f"--fpr values must be in (0, 1), got {f}")
+    if args.chunk_size < 1 or args.batch_size < 1:
+        raise UserError(f"--chunk-size and --batch-size must be >= 1, got {args.chunk_size} and {args.batch_size}")
+    _check_output(args.output)
+    paths = [args.model] if args.model else list(args.compare)
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+    labels = model_labels(paths)
+    sets = load_sets(args)
+    report = {"fprs": list(args.fpr), "bias_degree": "std_over_f", "models": {}}
+    with OutputLock(args.output, "fpr-eval"):
+        for folder in (args.output, args.output / "cache"):
+            for left in clean_stale_temporaries(folder):
+                print(f"fpr-eval: note: removed {left}, left by an interrupted run", file=sys.stderr)
         with warnings.catch_warnings():
             # insightface's norm_crop calls a scikit-image method deprecated in 0.26, once per image
             warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")
             for label, path in labels.items():
                 report["models"][label] = evaluate_model(label, path, build_embedder(path, args), sets, args)
         written = write_report(report, args.output)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fpr-eval: error: {exc}", file=sys.stderr)
-        return 2
     print(written["report.md"].read_text(encoding="utf-8"))
     print(f"fpr-eval: wrote {', '.join(str(p) for p in written.values())}")
     return 0

@@ -80,7 +80,13 @@ class OnnxEmbedder:
                 f"{ort.get_available_providers()}"
             )
         self.model_path = str(path)
-        self.session = ort.InferenceSession(self.model_path, providers=list(providers))
+        try:
+            self.session = ort.InferenceSession(self.model_path, providers=list(providers))
+        except Exception as exc:  # onnxruntime's own exception types: not a loadable ONNX graph
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{self.model_path} is not an ONNX model onnxruntime can load "
+                             f"({' '.join(first.split())[:200]}); expected an exported .onnx face-embedding model") \
+                from None
         self.providers = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         shape = list(inputs[0].shape)

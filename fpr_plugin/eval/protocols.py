@@ -39,6 +39,7 @@ class ImageSet:
     landmarks: np.ndarray | None = None
     root: Path | None = None
     names: list[str] | None = None  # human-readable name per image for errors (defaults to the path)
+    aligned: bool = False  # True: every image must already be 112x112 (insightface .bin files)
 
     def __post_init__(self) -> None:
         if self.landmarks is not None:
@@ -58,14 +59,24 @@ class ImageSet:
         return str(src) if not isinstance(src, bytes) else f"image #{index}"
 
     def key(self) -> str:
-        """Content key of the image list (paths relative to ``root``, or the bytes themselves, and landmarks)."""
-        digest = hashlib.sha256()
+        """Content key of the image list: the bytes themselves, or each file's path (relative to ``root``
+        when under it), size and modification time; and the landmarks. Changed images change the key."""
+        digest = hashlib.sha256(b"v2")
         for src in self.sources:
             if isinstance(src, bytes):
                 digest.update(hashlib.sha256(src).digest())
             else:
-                rel = Path(src).relative_to(self.root) if self.root is not None else Path(src)
-                digest.update(rel.as_posix().encode() + b"\0")
+                path = Path(src)
+                try:
+                    rel = path.relative_to(self.root) if self.root is not None else path
+                except ValueError:  # an absolute path outside the root
+                    rel = path
+                try:
+                    info = path.stat()
+                    stamp = f"{info.st_size}:{info.st_mtime_ns}"
+                except OSError:
+                    stamp = "missing"
+                digest.update(rel.as_posix().encode() + b"\0" + stamp.encode() + b"\0")
         if self.landmarks is not None:
             digest.update(np.ascontiguousarray(self.landmarks).tobytes())
         return digest.hexdigest()[:16]
@@ -94,6 +105,9 @@ class ImageSet:
 
             return face_align.norm_crop(img, self.landmarks[index], image_size=IMAGE_SIZE)
         if img.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            if self.aligned:
+                raise ValueError(f"{self.name(index)} is {img.shape[1]}x{img.shape[0]}; expected an aligned "
+                                 f"{IMAGE_SIZE}x{IMAGE_SIZE} face (insightface .bin files hold aligned faces)")
             self.resized_from.add(img.shape[:2])
             img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
         return img
@@ -208,9 +222,23 @@ def read_rfw_pairs(path: Path) -> list[tuple[str, int, str, int, bool, int]]:
     return out
 
 
+def _missing_races_note(where: Path, missing: Sequence[str], pattern: str) -> str:
+    """The loud warning of an RFW folder without some races: printed, and kept in the report's notes."""
+    import sys
+
+    note = (f"RFW in {where} lacks the race(s) {', '.join(missing)} ({pattern} not found): the report covers "
+            f"{4 - len(missing)} of the 4 groups, so its bias figures are not RFW's")
+    print(f"fpr-eval: warning: {note}", file=sys.stderr)
+    return note
+
+
 def _rfw_races(txts: Path, races: Sequence[str] | None) -> list[str]:
     if races is not None:
         return list(races)
+    for race in RFW_RACES:  # a race whose folder is there but whose pairs file is not: an error
+        if (txts / race).is_dir() and not (txts / race / f"{race}_pairs.txt").is_file():
+            raise FileNotFoundError(f"RFW file missing: {txts / race / f'{race}_pairs.txt'} (the folder "
+                                    f"{txts / race} is there); expected every race to have its pairs file")
     found = [r for r in RFW_RACES if (txts / r / f"{r}_pairs.txt").is_file()]
     found += sorted(p.name for p in txts.iterdir()
                     if p.is_dir() and p.name not in found and (p / f"{p.name}_pairs.txt").is_file())
@@ -227,7 +255,10 @@ def load_rfw(root: str | Path, races: Sequence[str] | None = None, n_folds: int 
     sources, landmarks, identities, image_groups, names = [], [], [], [], []
     index: dict[tuple[str, str], int] = {}
     rows = []
-    for race in _rfw_races(txts, races):
+    chosen = _rfw_races(txts, races)
+    missing = [r for r in RFW_RACES if r not in chosen] if races is None else []
+    notes = [_missing_races_note(txts, missing, "txts/<Race>/<Race>_pairs.txt")] if missing else []
+    for race in chosen:
         lmk_file, pairs_file = txts / race / f"{race}_lmk.txt", txts / race / f"{race}_pairs.txt"
         for f in (lmk_file, pairs_file):
             if not f.is_file():
@@ -260,7 +291,7 @@ def load_rfw(root: str | Path, races: Sequence[str] | None = None, n_folds: int 
     pair_list.check(str(txts))
     images = ImageSet(sources, np.stack(landmarks), root=test, names=names)
     return EvalSet("rfw", images, pair_list, np.array(identities, dtype=object),
-                   np.array(image_groups, dtype=object))
+                   np.array(image_groups, dtype=object), notes=notes)
 
 
 # --------------------------------------------------------------------------- insightface .bin
@@ -347,7 +378,9 @@ def load_bin(path: str | Path, group: str | None = None, n_folds: int = 10, name
     pairs = PairList(np.arange(2 * n, dtype=np.int64).reshape(n, 2), issame,
                      np.array([group] * n, dtype=object), consecutive_folds(n, n_folds))
     pairs.check(str(path))
-    return EvalSet(name or f"bin-{path.stem}", ImageSet(images), pairs)
+    image_set = ImageSet(images, names=[f"{path}, image #{i}" for i in range(len(images))], aligned=True)
+    image_set.load([0])  # the first image's size, checked before any model runs
+    return EvalSet(name or f"bin-{path.stem}", image_set, pairs)
 
 
 def load_rfw_bin(directory: str | Path, races: Sequence[str] | None = None, n_folds: int = 10) -> EvalSet:
@@ -358,17 +391,23 @@ def load_rfw_bin(directory: str | Path, races: Sequence[str] | None = None, n_fo
     races = list(races) if races is not None else [r for r in RFW_RACES if (directory / f"{r}_test.bin").is_file()]
     if not races:
         raise FileNotFoundError(f"{directory}: no <Race>_test.bin files (African, Asian, Caucasian, Indian)")
-    sources, rows = [], []
+    sources, rows, names, notes = [], [], [], []
+    missing = [r for r in RFW_RACES if r not in races]
+    if missing:
+        notes.append(_missing_races_note(directory, missing, "<Race>_test.bin"))
     for race in races:
         images, issame = read_bin(directory / f"{race}_test.bin")
         folds = consecutive_folds(issame.shape[0], n_folds)
         base = len(sources)
         sources.extend(images)
+        names.extend(f"{directory / f'{race}_test.bin'}, image #{i}" for i in range(len(images)))
         rows.extend((base + 2 * i, base + 2 * i + 1, bool(same), race, int(fold))
                     for i, (same, fold) in enumerate(zip(issame, folds)))
     pairs = _pairs_from_rows(rows)
     pairs.check(str(directory))
-    return EvalSet("rfw-bin", ImageSet(sources), pairs)
+    image_set = ImageSet(sources, names=names, aligned=True)
+    image_set.load([0])
+    return EvalSet("rfw-bin", image_set, pairs, notes=notes)
 
 
 # --------------------------------------------------------------------------- CSV sets

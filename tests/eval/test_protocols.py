@@ -205,9 +205,19 @@ def test_undecodable_image_is_named(tmp_path):
     path = tmp_path / "broken.bin"
     with open(path, "wb") as handle:
         pickle.dump(([b"garbage"] * 20, [True, False] * 5), handle, protocol=2)
-    s = protocols.load_bin(path)
-    with pytest.raises(ValueError, match="cannot decode image image #3"):
-        s.images.load([3])
+    with pytest.raises(ValueError, match=r"cannot decode image .*broken\.bin, image #0"):
+        protocols.load_bin(path)  # the first image is decoded when the file is loaded
+
+
+def test_bin_with_unaligned_images_is_refused(tmp_path):
+    import cv2
+
+    jpeg = cv2.imencode(".jpg", np.zeros((50, 50, 3), np.uint8))[1].tobytes()
+    path = tmp_path / "small.bin"
+    with open(path, "wb") as handle:
+        pickle.dump(([jpeg] * 20, [True, False] * 5), handle, protocol=2)
+    with pytest.raises(ValueError, match=r"small\.bin, image #0 is 50x50; expected an aligned 112x112 face"):
+        protocols.load_bin(path)
 
 
 # ----------------------------------------------------------------------------- BFW
