@@ -272,6 +272,7 @@ class _Run:
         self.group_meter = self._group_meter()
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.resumed_from: int | None = None
+        self.resume_note = ""  # logged once training.log is open
         self.last_saved: Path | None = None
         self.last_saved_step = -1
 
@@ -414,10 +415,8 @@ class _Run:
         self.last_saved = found.rank_file(min(self.env.rank, found.world_size - 1))
         if self.env.is_main:
             _truncate_metrics(self.output / "metrics.jsonl", self.global_step)
-        self.logger.info(
-            "resumed from %s (world size %d): epoch %d, step %d, global step %d",
-            found.folder, found.world_size, self.epoch, self.step_in_epoch, self.global_step,
-        )
+        self.resume_note = (f"resumed from {found.folder} (world size {found.world_size}): epoch {self.epoch}, "
+                            f"step {self.step_in_epoch}, global step {self.global_step}")
 
     def _init_backbone(self) -> None:
         """A fresh run: load ``init_backbone`` (pretrained weights) into the backbone when it is set."""
@@ -624,6 +623,8 @@ class _Run:
             self.steps_per_epoch, cfg.num_epoch, self.total_steps - self.global_step, cfg.batch_size,
             env.world_size, self.sampler.local_batch, env.device, env.backend or "none",
         )
+        if self.resume_note:
+            self.logger.info("%s", self.resume_note)
         if cfg.get("loss_params_skipped"):
             self.logger.info(
                 "loss_params %s are not parameters of %s: not passed to it",
