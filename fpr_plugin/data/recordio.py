@@ -454,11 +454,3 @@ class IndexedRecordWriter:
             self.close()
         else:
             self.discard()
-
-
-def __getattr__(name: str):
-    # the record-set layout (InsightFace) is one module up; exposed here too for convenience
-    if name in ("write_record_set", "read_groups", "RecordSetInfo", "read_record_set"):
-        from fpr_plugin.data import record_set
-        return getattr(record_set, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
