@@ -16,7 +16,10 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["fpr_plugin", "fpr_plugin.*"]),
+    # recipes/ (top level, where users read them) is installed as the package fpr_plugin.recipes, so the
+    # shipped recipes are found in a regular install as in an editable one (fpr_plugin.train.config.recipes_dir).
+    packages=find_packages(include=["fpr_plugin", "fpr_plugin.*"]) + ["fpr_plugin.recipes"],
+    package_dir={"fpr_plugin.recipes": "recipes"},
     install_requires=[
         "torch>=2.1",
         "numpy",

@@ -42,8 +42,10 @@ SIZE_OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 def default_recipe() -> Path:
-    """``recipes/synthetic_demo.py`` of this checkout (the package is installed in place, ``pip install -e .``)."""
-    return Path(__file__).resolve().parents[1] / "recipes" / "synthetic_demo.py"
+    """The shipped ``recipes/synthetic_demo.py`` (package data: found in a regular and an editable install)."""
+    from fpr_plugin.train.config import recipes_dir
+
+    return recipes_dir() / "synthetic_demo.py"
 
 
 def _stage(number: int, total: int, text: str) -> None:

@@ -1,11 +1,16 @@
 """Default recipe: every key the trainer reads, with its meaning.
 
+Generated from fpr_plugin/train/schema.py, the one definition of the config
+keys (the values fpr-train starts from are the schema's; a test checks this
+file against it). Regenerate with ``python -m fpr_plugin.train.schema``.
+
 A recipe file (``recipes/<name>.py``) defines ``config = EasyDict(...)`` with
 only the keys it changes; ``fpr_plugin.train.config.load_config`` merges it on
-top of this file (dict-valued keys such as ``loss_params`` are merged one level
-deep) and then applies ``--loss NAME`` and ``--set key=value`` from the command
-line. Keys follow InsightFace arcface_torch where it has them. A key that is
-not defined here is rejected, with the closest known key in the message.
+top of these defaults (dict-valued keys such as ``loss_params`` are merged one
+level deep) and then applies ``--loss NAME`` and ``--set key=value`` from the
+command line. A recipe is Python and runs as code, as arcface_torch's configs
+do: run only recipes you trust. A key that is not defined here is rejected,
+with the closest known key in the message.
 """
 
 from easydict import EasyDict as edict
@@ -13,7 +18,8 @@ from easydict import EasyDict as edict
 config = edict()
 
 # ---- model -----------------------------------------------------------------
-# Backbone name in the backbone registry: r18, r34, r50, r100, r200 (IResNet).
+# Backbone name in the backbone registry: r18, r34, r50, r100, r200 (IResNet),
+# or a plugin's.
 config.network = "r50"
 # Extra keyword arguments of the backbone factory, e.g. {"width": 16,
 # "stem_stride": 2} for a small CPU model, {"fp16": True} for half-precision
@@ -33,7 +39,7 @@ config.init_backbone = None
 # Record folder holding train.rec, train.idx and property (InsightFace layout);
 # an optional groups.tsv beside them enables per-group FPR logging.
 config.rec = ""
-# Number of identities; None reads it from the record set's ``property`` file.
+# Number of identities; None reads it from the record set's property file.
 config.num_classes = None
 # Number of training images; None reads it from the record set's index.
 config.num_image = None
@@ -46,7 +52,8 @@ config.num_workers = 2
 # ---- optimisation ----------------------------------------------------------
 # Number of passes over the data.
 config.num_epoch = 20
-# GLOBAL batch size (all ranks together); each rank gets batch_size / world_size.
+# GLOBAL batch size (all ranks together); each rank gets batch_size /
+# world_size.
 config.batch_size = 128
 # Base learning rate of SGD (before warmup and step decay).
 config.lr = 0.1
@@ -59,7 +66,7 @@ config.warmup_epoch = 0.0
 # SGD momentum.
 config.momentum = 0.9
 # SGD weight decay, applied to backbone and classifier weights.
-config.weight_decay = 5e-4
+config.weight_decay = 0.0005
 # Mixed precision on CUDA: False (float32), "fp16" (with a gradient scaler) or
 # "bf16". Ignored with a warning on CPU, which trains in float32.
 config.fp16 = False
@@ -74,7 +81,7 @@ config.seed = 2048
 
 # ---- loss ------------------------------------------------------------------
 # Margin loss from the loss registry: cosface, arcface, combined, fpr_penalty,
-# fpr_penalty_tface (or a plugin's). ``--loss NAME`` on the command line.
+# fpr_penalty_tface (or a plugin's). --loss NAME on the command line.
 config.loss = "cosface"
 # Parameters of the loss. Flat entries are shared: each is passed to the chosen
 # loss when its constructor takes it and skipped otherwise (so gamma_u does not
@@ -91,7 +98,7 @@ config.frequent = 10
 config.save_every = 0
 # Number of most recent complete checkpoints kept on disk (older are deleted).
 config.keep_checkpoints = 2
-# Continue from the last complete checkpoint in ``output`` (``--resume``).
+# Continue from the last complete checkpoint in output (--resume).
 config.resume = False
 # Write TensorBoard event files when tensorboard is installed.
 config.tensorboard = True

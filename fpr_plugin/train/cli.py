@@ -14,15 +14,21 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of fpr-train."""
+    from fpr_plugin.train.schema import keys_help
+
     parser = argparse.ArgumentParser(
         prog="fpr-train",
         description=(
             "Train a face-recognition backbone with a margin loss from the registry "
             "(cosface, arcface, fpr_penalty, ...). One process, or every process of "
-            "`torchrun --nproc_per_node=N -m fpr_plugin.train ...`."
+            "`torchrun --nproc_per_node=N -m fpr_plugin.train ...`. A recipe is Python "
+            "and runs as code (as arcface_torch's configs do): run only recipes you trust."
         ),
+        epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("recipe", help="recipe file, e.g. recipes/bupt_balancedface_r34.py")
+    parser.add_argument("recipe", help="recipe file (e.g. recipes/bupt_balancedface_r34.py) or the name of a "
+                        "shipped recipe (e.g. synthetic_demo)")
     parser.add_argument("--loss", help="loss name from the registry; overrides the recipe's `loss`")
     parser.add_argument(
         "--set",

@@ -1,9 +1,12 @@
-"""Recipe loading: ``recipes/base.py`` + a recipe file + ``--loss`` + ``--set key=value``.
+"""Recipe loading: the schema's defaults + a recipe file + ``--loss`` + ``--set key=value``.
 
 A recipe is a Python file defining ``config`` (an EasyDict or dict) with the
-keys it changes; :func:`load_config` merges it on top of ``base.py``, checks
-every key and value against the base recipe's types, and resolves the loss
-parameters for the chosen loss. Reading the record set (``num_classes``,
+keys it changes, as in arcface_torch. It runs as code: run only recipes you
+trust. :func:`load_config` merges it on top of the defaults of
+:mod:`fpr_plugin.train.schema` (never a ``base.py`` beside the recipe), parses
+and checks every key and value against the schema, and resolves the loss
+parameters for the chosen loss. A bad value names the recipe file and line (or
+the ``--set``) it came from. Reading the record set (``num_classes``,
 ``num_image``) is left to :func:`fill_from_records`, so a recipe can be
 checked without its data.
 """
@@ -11,86 +14,97 @@ checked without its data.
 from __future__ import annotations
 
 import ast
-import copy
-import difflib
 import inspect
 import math
 import numbers
 import runpy
 import sys
 import traceback
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
 
 from fpr_plugin.cli_errors import UserError
+from fpr_plugin.registry import closest
+from fpr_plugin.train.schema import (
+    KEYS,
+    KEYS_BY_NAME,
+    SETTABLE_KEYS,
+    check_value,
+    coerce_like,
+    defaults,
+    parse_text,
+    parse_value,
+    to_plain,
+)
 
 __all__ = [
+    "ConfigError",
     "load_config",
     "load_recipe",
-    "find_base_recipe",
+    "recipes_dir",
+    "shipped_recipes",
+    "find_recipe",
     "parse_override",
     "apply_override",
     "resolve_loss_params",
     "validate_config",
     "check_buildable",
-    "repository_base_recipe",
     "fill_from_records",
     "default_output",
     "to_plain",
 ]
 
-# Keys that may be None, and the type a value must have when it is set.
-OPTIONAL_TYPES: dict[str, type] = {
-    "num_classes": int,
-    "num_image": int,
-    "output": str,
-    "max_steps": int,
-    "grad_clip": float,
-    "init_backbone": str,
-}
-# Dict-valued keys merged one level deep (recipe entries update base entries).
-MERGED_DICT_KEYS = ("backbone_params", "loss_params")
-FP16_CHOICES = (False, "fp16", "bf16")
-# Keys a recipe never sets; load_config fills them in.
-DERIVED_KEYS = ("recipe", "loss_params_skipped")
 
+class ConfigError(UserError):
+    """A bad config value; ``key`` is the top-level key it belongs to."""
 
-def _closest(name: str, candidates: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.4)
-    return matches[0] if matches else None
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def _unknown_key_message(key: str, known: Iterable[str], where: str) -> str:
-    hint = _closest(key, known)
+    hint = closest(key, list(known))
     suggestion = f"; did you mean {hint!r}?" if hint else ""
     return f"unknown key {key!r} in {where}{suggestion}"
 
 
-def repository_base_recipe() -> Path:
-    """``recipes/base.py`` of this checkout (beside the ``fpr_plugin`` package)."""
-    return Path(__file__).resolve().parents[2] / "recipes" / "base.py"
+# ---- shipped recipes (package data: recipes/ is installed as fpr_plugin.recipes) ------------
+def recipes_dir() -> Path:
+    """The folder of the recipes shipped with the package (``recipes/`` of the source tree)."""
+    try:
+        return Path(str(resources.files("fpr_plugin.recipes")))
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the shipped recipes (package fpr_plugin.recipes) are not installed; reinstall fpr-plugin "
+            "(pip install . or pip install -e .)"
+        ) from None
 
 
-def find_base_recipe(recipe_path: str | Path) -> Path:
-    """The ``base.py`` a recipe builds on: the repository's ``recipes/base.py``.
+def shipped_recipes() -> list[str]:
+    """Names of the shipped recipes that can be trained (``bupt_balancedface_r34``, ...)."""
+    return sorted(p.stem for p in recipes_dir().glob("*.py") if not p.stem.startswith("_") and p.stem != "base")
 
-    A ``base.py`` that happens to lie beside a recipe elsewhere is *not* run (it
-    would run as code); it is used only where the repository has no
-    ``recipes/base.py`` (an installed package without the recipes folder).
-    """
-    repository = repository_base_recipe()
-    if repository.is_file():
-        return repository
-    beside = Path(recipe_path).resolve().parent / "base.py"
-    if beside.is_file():
-        return beside
+
+def find_recipe(recipe: str | Path) -> Path:
+    """``recipe`` as a file: a path, or the name of a shipped recipe (``synthetic_demo``); else FileNotFoundError."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = path.name[:-3] if path.name.endswith(".py") else path.name
+    if len(path.parts) == 1 and name in shipped_recipes():
+        return recipes_dir() / f"{name}.py"
+    hint = closest(name, shipped_recipes())
     raise FileNotFoundError(
-        f"no base recipe for {recipe_path}: expected {repository} (or base.py beside the recipe)"
+        f"recipe file {str(recipe)!r} does not exist; expected a recipe .py or a shipped recipe name "
+        f"({', '.join(shipped_recipes())})" + (f"; did you mean {hint!r}?" if hint else "")
     )
 
 
+# ---- running a recipe -----------------------------------------------------------------------
 def _recipe_failure(path: Path, exc: BaseException) -> UserError:
     """A one-line error for a recipe that does not run: its file, line and the exception."""
     if isinstance(exc, SyntaxError):
@@ -129,95 +143,52 @@ def load_recipe(path: str | Path) -> dict:
     return to_plain(config)
 
 
-def to_plain(value: Any) -> Any:
-    """A deep copy with EasyDicts turned into dicts and tuples into lists (JSON-friendly)."""
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    return copy.deepcopy(value)
-
-
-def _merge(base: dict, recipe: dict, recipe_path: Path) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in recipe.items():
-        if key not in base:
-            raise ValueError(_unknown_key_message(key, base, f"recipe {str(recipe_path)!r}"))
-        if key in MERGED_DICT_KEYS and isinstance(value, dict) and isinstance(base[key], dict):
-            merged[key] = {**base[key], **value}
-        else:
-            merged[key] = value
-    return merged
-
-
-# ---- value parsing and type checks --------------------------------------------------------
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _parse_literal(text: str) -> Any:
-    """A Python literal when ``text`` is one (``0.1``, ``[20, 32]``, ``None``), else the string."""
+def _key_lines(path: Path) -> dict[str, int]:
+    """The line where a recipe last sets each top-level key (``config.k =``, ``config["k"] =``, ``k=...``)."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    stores: dict[str, int] = {}
+    mentions: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            stores[node.attr] = max(stores.get(node.attr, 0), node.lineno)
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+              and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
+            stores[node.slice.value] = max(stores.get(node.slice.value, 0), node.lineno)
+        elif isinstance(node, ast.keyword) and node.arg:
+            mentions[node.arg] = max(mentions.get(node.arg, 0), node.lineno)
+        elif isinstance(node, ast.Dict):
+            for k in node.keys:
+                if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    mentions[k.value] = max(mentions.get(k.value, 0), k.lineno)
+    return {**mentions, **stores}
 
 
-def _type_name(expected: Any) -> str:
-    if isinstance(expected, type):
-        return expected.__name__
-    return type(expected).__name__
+def _recipe_origins(path: Path, keys: Iterable[str]) -> dict[str, str]:
+    """For each key a recipe sets: ``recipe PATH, line N`` (or ``recipe PATH`` when set indirectly)."""
+    lines = _key_lines(path)
+    return {key: f"recipe {path}, line {lines[key]}" if key in lines else f"recipe {path}" for key in keys}
 
 
-def _coerce(value: Any, example: Any, key: str, optional_type: type | None = None) -> Any:
-    """``value`` converted to the type of ``example`` (the base value) or ValueError naming ``key``."""
-    if key == "fp16":
-        if value is True or (isinstance(value, str) and value.lower() in _TRUE | {"fp16", "float16"}):
-            return "fp16"
-        if value is False or value is None or (isinstance(value, str) and value.lower() in _FALSE):
-            return False
-        if isinstance(value, str) and value.lower() in ("bf16", "bfloat16"):
-            return "bf16"
-        raise ValueError(f"key 'fp16' must be one of {FP16_CHOICES}, got {value!r}")
-    if optional_type is not None:
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        return _coerce(value, optional_type(), key)
-    if example is None:
-        return value
-    if isinstance(example, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise ValueError(f"key {key!r} expects true/false, got {value!r}")
-    if isinstance(example, numbers.Integral):
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"key {key!r} expects an integer, got {value!r}")
-    if isinstance(example, numbers.Real):
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            if not math.isfinite(float(value)):
-                raise ValueError(f"key {key!r} expects a finite number, got {value!r}")
-            return float(value)
-        raise ValueError(f"key {key!r} expects a number, got {value!r}")
-    if isinstance(example, str):
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"key {key!r} expects a string, got {value!r}")
-    if isinstance(example, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ValueError(f"key {key!r} expects a list such as [20, 32], got {value!r}")
-    if isinstance(example, dict):
-        if isinstance(value, Mapping):
-            return to_plain(value)
-        raise ValueError(f"key {key!r} expects a dict such as {{'s': 64.0}}, got {value!r}")
-    return value
+def _merge(cfg: dict, recipe: dict, origins: Mapping[str, str]) -> None:
+    """Parse each recipe key against the schema into ``cfg`` (merged dicts update one level deep)."""
+    for key, value in recipe.items():
+        if key not in SETTABLE_KEYS:
+            where = origins[key]
+            if key in KEYS_BY_NAME:
+                raise ValueError(f"{where}: key {key!r} is filled in by fpr-train; a recipe does not set it")
+            raise ValueError(_unknown_key_message(key, SETTABLE_KEYS, where))
+        spec = KEYS_BY_NAME[key]
+        try:
+            parsed = parse_value(spec, value)
+        except ValueError as exc:
+            raise ConfigError(f"{origins[key]}: {exc}", key) from None
+        cfg[key] = {**cfg[key], **parsed} if spec.merged else parsed
 
 
+# ---- --set ----------------------------------------------------------------------------------
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b=value"`` into the key path ``["a", "b"]`` and the parsed value."""
     if "=" not in text:
@@ -226,16 +197,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {text!r} has an empty key")
-    return key.split("."), _parse_literal(raw.strip())
+    return key.split("."), parse_text(raw.strip())
 
 
-def apply_override(cfg: dict, path: list[str], value: Any, base: dict) -> None:
-    """Set ``cfg[path]`` to ``value`` after checking the key exists and the type matches ``base``."""
+def _type_of(example: Any) -> type | None:
+    """The schema type a nested entry keeps (the type of its current value), None when free."""
+    for kind in (bool, numbers.Integral, numbers.Real, str, (list, tuple), Mapping):
+        if isinstance(example, kind):
+            return {numbers.Integral: int, numbers.Real: float, (list, tuple): list, Mapping: dict}.get(kind, kind)
+    return None
+
+
+def apply_override(cfg: dict, path: list[str], value: Any) -> None:
+    """Set ``cfg[path]`` to ``value`` parsed by the schema (a nested entry keeps its current type)."""
     top = path[0]
-    if top not in base or top in DERIVED_KEYS:
-        raise ValueError(_unknown_key_message(top, [k for k in base if k not in DERIVED_KEYS], "--set"))
+    if top not in SETTABLE_KEYS:
+        raise ValueError(_unknown_key_message(top, SETTABLE_KEYS, "--set"))
     if len(path) == 1:
-        cfg[top] = _coerce(value, base[top], top, OPTIONAL_TYPES.get(top))
+        cfg[top] = parse_value(KEYS_BY_NAME[top], value)
         return
     container = cfg[top]
     if not isinstance(container, dict):
@@ -245,10 +224,8 @@ def apply_override(cfg: dict, path: list[str], value: Any, base: dict) -> None:
         if not isinstance(container, dict):
             raise ValueError(f"--set {'.'.join(path)}: {part!r} is not a dict")
     leaf = path[-1]
-    if leaf in container and container[leaf] is not None:
-        container[leaf] = _coerce(value, container[leaf], ".".join(path))
-    else:
-        container[leaf] = value
+    kind = _type_of(container.get(leaf))
+    container[leaf] = coerce_like(value, kind, ".".join(path)) if kind is not None else value
 
 
 # ---- loss parameters ----------------------------------------------------------------------
@@ -307,41 +284,20 @@ def resolve_loss_params(
 
 # ---- validation -----------------------------------------------------------------------------
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Check value ranges the types alone do not (ValueError naming the key)."""
+    """Check every settable key against the schema's range/choices and every number for finiteness.
 
-    def need(condition: bool, key: str, expected: str) -> None:
-        if not condition:
-            raise ValueError(f"config key {key!r} must be {expected}, got {cfg.get(key)!r}")
-
-    need(isinstance(cfg["network"], str) and bool(cfg["network"]), "network", "a backbone name")
-    need(cfg["embedding_size"] > 0, "embedding_size", "positive")
-    need(0.0 <= cfg["dropout"] < 1.0, "dropout", "in [0, 1)")
-    need(cfg["num_epoch"] > 0, "num_epoch", "a positive integer")
-    need(cfg["batch_size"] > 0, "batch_size", "a positive integer (the global batch)")
-    need(cfg["lr"] > 0, "lr", "positive")
-    need(
-        all(isinstance(e, numbers.Real) and not isinstance(e, bool) for e in cfg["lr_steps"])
-        and list(cfg["lr_steps"]) == sorted(cfg["lr_steps"]),
-        "lr_steps",
-        "an increasing list of epochs",
-    )
-    need(0.0 < cfg["lr_decay"] <= 1.0, "lr_decay", "in (0, 1]")
-    need(cfg["warmup_epoch"] >= 0, "warmup_epoch", ">= 0")
-    need(0.0 <= cfg["momentum"] < 1.0, "momentum", "in [0, 1)")
-    need(cfg["weight_decay"] >= 0, "weight_decay", ">= 0")
-    need(cfg["fp16"] in FP16_CHOICES, "fp16", f"one of {FP16_CHOICES}")
-    need(cfg["grad_clip"] is None or cfg["grad_clip"] > 0, "grad_clip", "positive or None")
-    need(cfg["head_init_std"] > 0, "head_init_std", "positive")
-    need(cfg["max_steps"] is None or cfg["max_steps"] > 0, "max_steps", "a positive integer or None")
-    need(cfg["num_workers"] >= 0, "num_workers", ">= 0")
-    need(cfg["frequent"] > 0, "frequent", "a positive integer")
-    need(cfg["save_every"] >= 0, "save_every", ">= 0 (0: save at epoch ends only)")
-    need(cfg["keep_checkpoints"] >= 1, "keep_checkpoints", ">= 1")
-    need(cfg["num_classes"] is None or cfg["num_classes"] > 1, "num_classes", "at least 2 or None")
-    need(cfg["num_image"] is None or cfg["num_image"] > 0, "num_image", "positive or None")
+    Raises :class:`ConfigError` (a ValueError) naming the key.
+    """
+    for spec in KEYS:
+        if spec.derived:
+            continue
+        try:
+            check_value(spec, cfg[spec.name])
+        except ValueError as exc:
+            raise ConfigError(str(exc), spec.name) from None
     for key, value in _numbers(cfg):
         if not math.isfinite(value):
-            raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}", key.split(".")[0])
 
 
 def _numbers(value: Any, key: str = "") -> Iterable[tuple[str, float]]:
@@ -357,17 +313,19 @@ def _numbers(value: Any, key: str = "") -> Iterable[tuple[str, float]]:
 
 
 def check_buildable(cfg: Mapping[str, Any]) -> None:
-    """The backbone name is registered and the loss accepts its parameters (UserError naming the key)."""
+    """The backbone name is registered and the loss accepts its parameters (ConfigError naming the key)."""
     from fpr_plugin.registry import BACKBONES, build_loss
 
     if cfg["network"] not in BACKBONES.names():
-        hint = _closest(cfg["network"], BACKBONES.names())
-        raise UserError(f"config key 'network': unknown backbone {cfg['network']!r}; expected one of "
-                        f"{', '.join(sorted(BACKBONES.names()))}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        hint = closest(cfg["network"], BACKBONES.names())
+        raise ConfigError(f"config key 'network': unknown backbone {cfg['network']!r}; expected one of "
+                          f"{', '.join(sorted(BACKBONES.names()))}" + (f" (did you mean {hint!r}?)" if hint else ""),
+                          "network")
     try:
         build_loss(cfg["loss"], **cfg["loss_params"])
     except (ValueError, TypeError) as exc:
-        raise UserError(f"config key 'loss_params' for loss {cfg['loss']!r}: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"config key 'loss_params' for loss {cfg['loss']!r}: {' '.join(str(exc).split())}",
+                          "loss_params") from None
 
 
 def default_output(recipe: str, loss: str) -> str:
@@ -375,44 +333,53 @@ def default_output(recipe: str, loss: str) -> str:
     return str(Path("work_dirs") / f"{recipe}_{loss}")
 
 
-def load_config(
-    recipe_path: str | Path,
-    loss: str | None = None,
-    overrides: Iterable[str] = (),
-    *,
-    base_path: str | Path | None = None,
-) -> EasyDict:
-    """Load a recipe on top of base.py, apply ``--loss`` and ``--set`` overrides, check and resolve it.
+def _located(exc: ValueError, key: str, origins: Mapping[str, str]) -> ValueError:
+    """``exc`` with the recipe line or ``--set`` that gave ``key`` in front (when not a default)."""
+    where = origins.get(key)
+    return ConfigError(f"{where}: {exc}", key) if where else exc
 
-    Returns the resolved config; ``recipe`` is the recipe file's stem,
-    ``loss_params`` holds only the chosen loss's parameters, ``output``
-    defaults to ``work_dirs/<recipe>_<loss>``. ``num_classes``/``num_image``
-    stay None until :func:`fill_from_records`.
+
+def load_config(recipe_path: str | Path, loss: str | None = None, overrides: Iterable[str] = ()) -> EasyDict:
+    """Load a recipe over the schema's defaults, apply ``--loss`` and ``--set`` overrides, check and resolve it.
+
+    ``recipe_path`` is a recipe file or the name of a shipped recipe. Returns the
+    resolved config: ``recipe`` is the recipe file's stem, ``loss_params`` holds
+    only the chosen loss's parameters, ``output`` defaults to
+    ``work_dirs/<recipe>_<loss>``; ``num_classes``/``num_image`` stay None until
+    :func:`fill_from_records`.
     """
-    recipe_path = Path(recipe_path)
-    recipe = load_recipe(recipe_path)
-    base_file = Path(base_path) if base_path is not None else find_base_recipe(recipe_path)
-    base = load_recipe(base_file)
-    base["recipe"] = ""
-    cfg = _merge(base, recipe, recipe_path) if recipe_path.resolve() != base_file.resolve() else base
-    for key, value in list(cfg.items()):
-        if key not in DERIVED_KEYS:
-            cfg[key] = _coerce(value, base[key], key, OPTIONAL_TYPES.get(key))
+    path = find_recipe(recipe_path)
+    recipe = load_recipe(path)
+    origins = _recipe_origins(path, recipe)
+    cfg = defaults()
+    _merge(cfg, recipe, origins)
     explicit: set[str] = set()
     for text in overrides:
-        path, value = parse_override(text)
-        apply_override(cfg, path, value, base)
-        if path[0] == "loss_params" and len(path) == 2:
-            explicit.add(path[1])
+        keys, value = parse_override(text)
+        try:
+            apply_override(cfg, keys, value)
+        except ValueError as exc:
+            if keys[0] not in SETTABLE_KEYS or str(exc).startswith("--set"):
+                raise
+            raise ConfigError(f"--set {text}: {exc}", keys[0]) from None
+        origins[keys[0]] = f"--set {text}"
+        if keys[0] == "loss_params" and len(keys) == 2:
+            explicit.add(keys[1])
     if loss is not None:
         cfg["loss"] = loss
-    cfg["recipe"] = recipe_path.stem
-    cfg["loss_params"], skipped = resolve_loss_params(cfg["loss"], cfg["loss_params"], explicit)
-    cfg["loss_params_skipped"] = skipped
+        origins["loss"] = f"--loss {loss}"
+    cfg["recipe"] = path.stem
+    try:
+        cfg["loss_params"], cfg["loss_params_skipped"] = resolve_loss_params(cfg["loss"], cfg["loss_params"], explicit)
+    except ValueError as exc:
+        raise _located(exc, "loss_params", origins) from None
     if cfg["output"] is None:
         cfg["output"] = default_output(cfg["recipe"], cfg["loss"])
-    validate_config(cfg)
-    check_buildable(cfg)
+    try:
+        validate_config(cfg)
+        check_buildable(cfg)
+    except ConfigError as exc:
+        raise _located(exc, exc.key, origins) from None
     return EasyDict(cfg)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,136 @@ def test_sizes_come_from_the_record_set(tmp_path, easy_records):
     missing = load_config(_recipe(tmp_path, f"config.rec = {str(tmp_path / 'gone')!r}\n"))
     with pytest.raises(FileNotFoundError, match=r"rec=.*gone.* does not exist"):
         fill_from_records(missing)
+
+
+# ---- the schema: one definition of every key ------------------------------------------------
+def _base_file_values() -> dict:
+    """The literal values recipes/base.py assigns, read from its source (not run)."""
+    import ast
+
+    values = {}
+    for node in ast.parse((RECIPES / "base.py").read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute):
+            values[node.targets[0].attr] = ast.literal_eval(node.value)
+    return values
+
+
+def test_base_recipe_is_the_schema_written_out():
+    from fpr_plugin.train.schema import KEYS, render_base_recipe
+
+    assert (RECIPES / "base.py").read_text() == render_base_recipe(), (
+        "recipes/base.py disagrees with fpr_plugin/train/schema.py: "
+        "python -m fpr_plugin.train.schema > recipes/base.py")
+    values = _base_file_values()
+    assert values == {k.name: k.default for k in KEYS if not k.derived}
+    for key in KEYS:  # every key's doc line is its comment in base.py
+        assert " ".join(key.doc.split()[:4]) in " ".join((RECIPES / "base.py").read_text().split()) or key.derived
+
+
+def test_an_empty_recipe_gets_the_base_values(tmp_path):
+    cfg = load_config(_recipe(tmp_path, ""))
+    values = _base_file_values()
+    values["output"] = "work_dirs/r_cosface"
+    values["loss_params"] = {"s": 64.0, "m": 0.35}
+    assert {k: cfg[k] for k in values} == values
+    assert cfg.recipe == "r" and cfg.loss_params_skipped == []
+    assert type(cfg).__name__ == "EasyDict" and type(cfg.loss_params).__name__ == "EasyDict"
+
+
+def test_resumable_keys_come_from_the_schema():
+    from fpr_plugin.train import checkpoint, schema
+
+    assert schema.RESUMABLE_KEYS == checkpoint.RESUMABLE_KEYS
+    # paths, logging, saving and where to stop may change; anything shaping the trajectory may not
+    assert {"output", "rec", "resume", "max_steps", "init_backbone", "frequent"} <= schema.RESUMABLE_KEYS
+    assert not {"lr", "seed", "batch_size", "loss", "loss_params", "network", "num_classes"} & schema.RESUMABLE_KEYS
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("dropout=0.0", True), ("dropout=1.0", False), ("momentum=0.99", True), ("momentum=1", False),
+        ("lr_decay=1", True), ("lr_decay=0", False), ("keep_checkpoints=1", True), ("keep_checkpoints=0", False),
+        ("num_classes=2", True), ("num_classes=1", False), ("save_every=0", True), ("save_every=-1", False),
+        ("max_steps=1", True), ("max_steps=0", False), ("warmup_epoch=0", True), ("warmup_epoch=-0.5", False),
+        ("num_workers=0", True), ("num_workers=-3", False), ("frequent=0", False), ("grad_clip=0", False),
+        ("embedding_size=0", False), ("head_init_std=0.02", True), ("lr_steps=[]", True), ("network=", False),
+        ("lr=1e999", False), ("loss_params.s=1e999", False),
+    ],
+)
+def test_ranges_come_from_the_schema(text, ok):
+    path = RECIPES / "bupt_balancedface_r34.py"
+    if ok:
+        key, value = text.split("=")
+        assert load_config(path, overrides=[text])[key] == (None if value == "None" else eval(value))
+    else:
+        with pytest.raises(ValueError, match=rf"--set {re.escape(text)}: .*'{text.split('=')[0].split('.')[0]}"):
+            load_config(path, overrides=[text])
+
+
+def test_fp16_spellings():
+    path = RECIPES / "bupt_balancedface_r34.py"
+    for text, value in [("True", "fp16"), ("float16", "fp16"), ("bfloat16", "bf16"), ("false", False), ("None", False)]:
+        assert load_config(path, overrides=[f"fp16={text}"]).fp16 == value
+    assert load_config(path).fp16 == "fp16"  # the recipe's value
+
+
+def test_help_lists_every_key_with_type_and_default():
+    from fpr_plugin.train.cli import build_parser
+    from fpr_plugin.train.schema import KEYS
+
+    text = build_parser().format_help()
+    lines = " ".join(text.split())
+    for key in KEYS:
+        assert f"{key.name} ({key.type.__name__ if key.choices is None else 'False|fp16|bf16'}" in lines
+        assert f"default {key.default!r}" in lines
+    assert "lr (float, default 0.1, positive)" in lines
+    assert "max_steps (int|None, default None, positive, may change on --resume)" in lines
+
+
+# ---- recipes are Python, run as code; the package's base only ------------------------------
+def test_a_base_py_beside_a_recipe_is_never_run(tmp_path):
+    marker = tmp_path / "hostile_ran"
+    (tmp_path / "base.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\nfrom easydict import EasyDict\nconfig = EasyDict(lr=9.0, seed=1)\n"
+    )
+    cfg = load_config(_recipe(tmp_path, "config.num_epoch = 3\n"))
+    assert not marker.exists()
+    assert (cfg.lr, cfg.seed, cfg.num_epoch) == (0.1, 2048, 3)
+
+
+def test_shipped_recipes_by_name_and_as_package_data():
+    from fpr_plugin.train.config import find_recipe, recipes_dir, shipped_recipes
+
+    assert sorted(p.stem for p in RECIPES.glob("*.py") if not p.stem.startswith("_") and p.stem != "base") \
+        == shipped_recipes()
+    for name in shipped_recipes():
+        assert (recipes_dir() / f"{name}.py").read_bytes() == (RECIPES / f"{name}.py").read_bytes()
+    assert (recipes_dir() / "_bupt.py").is_file()  # the BUPT recipes' shared settings ship with them
+    assert load_config("synthetic_demo").network == "r18"
+    assert find_recipe("bupt_globalface_r50.py") == recipes_dir() / "bupt_globalface_r50.py"
+    with pytest.raises(FileNotFoundError, match="did you mean 'synthetic_demo'"):
+        find_recipe("synthetic_dmeo")
+
+
+def test_bad_recipe_values_name_the_file_and_line(tmp_path):
+    path = _recipe(tmp_path, "config.num_epoch = 3\nconfig.lr = 'x'\n")
+    with pytest.raises(ValueError, match=rf"^recipe {re.escape(str(path))}, line 4: key 'lr' expects a number"):
+        load_config(path)
+    path = _recipe(tmp_path, "config.update(dict(\n    seed=1,\n    network='r999'))\n")
+    with pytest.raises(ValueError, match=rf"^recipe {re.escape(str(path))}, line 5: config key 'network': unknown"):
+        load_config(path)
+    path = _recipe(tmp_path, "config.loss = 'fpr_penalty'\nconfig.loss_params = {'gamma_u': 2.0}\n")
+    with pytest.raises(ValueError, match=rf"^recipe {re.escape(str(path))}, line 4: .*gamma_u must be in"):
+        load_config(path)
+    path = _recipe(tmp_path, "config['keep_checkpoints'] = 0\n")
+    with pytest.raises(ValueError, match=rf"^recipe {re.escape(str(path))}, line 3: .*'keep_checkpoints' must be >= 1"):
+        load_config(path)
+    with pytest.raises(ValueError, match=r"line 3: key 'recipe' is filled in by fpr-train"):
+        load_config(_recipe(tmp_path, "config.recipe = 'other'\n"))
+    path = _recipe(tmp_path, "config.lr = 0.1 +\n")
+    with pytest.raises(ValueError, match=rf"^recipe {re.escape(str(path))}, line 3: syntax error"):
+        load_config(path)
+    path = _recipe(tmp_path, "config.lr = 1 / 0\n")
+    with pytest.raises(ValueError, match=r"r\.py, line 3\): ZeroDivisionError"):
+        load_config(path)
