@@ -86,8 +86,7 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed
         raise ValueError(f"losses must be distinct loss names, got {list(losses)}")
     recipe = Path(recipe) if recipe is not None else default_recipe()
     if not recipe.is_file():
-        raise FileNotFoundError(f"demo recipe {recipe} not found (install the checkout with `pip install -e .`, "
-                                "or pass --recipe PATH)")
+        raise FileNotFoundError(f"demo recipe {recipe} not found (pass --recipe PATH)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
