@@ -18,6 +18,12 @@ form exactly) ramps alpha linearly over the first ``alpha_warmup`` training
 steps: step t (counted from 1, forward calls in training mode) uses
 ``alpha * min(1, t / alpha_warmup)``. The step count is a buffer of the loss,
 so it is saved and restored with the head's checkpoint.
+
+``negatives="pairs"`` (a project option, not in the paper; the default
+``"classes"`` is the paper's form exactly) takes the instance FPR of sample i
+over the other samples of the global batch with a different label, through
+the embedding-to-embedding cosines (:mod:`fpr_plugin.losses.pairs`), with the
+same threshold rule and Eq. 10 form; the margin softmax is unchanged.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import torch
 
 from fpr_plugin.losses.entries import EntryGradients, weight_detached_entries
 from fpr_plugin.losses.margin import MarginLoss, margin_target, scaled_logits, target_entries
+from fpr_plugin.losses.pairs import pair_fpr
 from fpr_plugin.losses.selection import fpr_rank, mine_above_threshold
 from fpr_plugin.losses.stats import FprStats
 from fpr_plugin.losses.validation import (
     check_choice,
     check_cosines,
+    check_embeddings,
     check_features,
     check_in_open_interval,
     check_positive,
@@ -56,6 +64,11 @@ class FprPenalty(MarginLoss):
             ``norm_embeddings`` and ``norm_weight`` in the call).
         alpha_warmup: training steps over which alpha ramps linearly from
             ``alpha / alpha_warmup`` to ``alpha`` (an int >= 0; 0: no ramp).
+        negatives: ``"classes"`` (the paper: non-target class weights) or
+            ``"pairs"`` (the other samples of the global batch with a
+            different label, through embedding-to-embedding cosines; needs
+            ``norm_embeddings`` in the call; ``penalty_grad`` has no effect
+            there, since the pair term holds no class weight).
     """
 
     def __init__(
@@ -68,6 +81,7 @@ class FprPenalty(MarginLoss):
         base: str = "cosface",
         penalty_grad: str = "both",
         alpha_warmup: int = 0,
+        negatives: str = "classes",
     ) -> None:
         super().__init__(s)
         self.m = check_real("m", m)
@@ -81,6 +95,7 @@ class FprPenalty(MarginLoss):
         if isinstance(alpha_warmup, bool) or not isinstance(alpha_warmup, int) or alpha_warmup < 0:
             raise ValueError(f"alpha_warmup must be an int >= 0 (training steps; 0: off), got {alpha_warmup!r}")
         self.alpha_warmup = alpha_warmup
+        self.negatives = check_choice("negatives", negatives, ("classes", "pairs"))
         if alpha_warmup:
             # only with a ramp, so that checkpoints of the paper's form keep their keys
             self.register_buffer("warmup_step", torch.zeros((), dtype=torch.long))
@@ -106,6 +121,8 @@ class FprPenalty(MarginLoss):
     ) -> torch.Tensor:
         """Scaled logits ``[N, C]`` of Eq. 10 (non-target form) for this rank's columns."""
         labels = check_cosines(cos, labels)
+        if self.negatives == "pairs":
+            return self._forward_pairs(cos, labels, norm_embeddings)
         if self.penalty_grad == "embeddings":
             check_features(norm_embeddings, norm_weight, cos, "fpr_penalty with penalty_grad='embeddings'")
         layout = self.layout
@@ -144,9 +161,29 @@ class FprPenalty(MarginLoss):
         self.last_stats = FprStats.summarize(threshold, k, instance_fpr, penalty, weighted_fpr=weighted_fpr).as_dict()
         return logits
 
+    def _forward_pairs(self, cos: torch.Tensor, labels: torch.Tensor, norm_embeddings: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 10 logits with ``g_i`` and ``T_u`` over the impostor pairs of the global batch."""
+        check_embeddings(norm_embeddings, cos, "fpr_penalty with negatives='pairs'")
+        self.layout.check_not_silently_local("fpr_penalty")
+        found = pair_fpr(norm_embeddings, labels, self.gamma_u, self.p, self.layout, dtype=cos.dtype)
+        alpha = self.current_alpha()
+        if self.alpha_warmup and self.training:
+            self.warmup_step += 1
+        penalty = (alpha / self.gamma_u) * found.weighted_fpr
+        rows_t, cols_t = target_entries(labels)
+        entries = EntryGradients()
+        target = self.target_logit(entries.gather(cos, rows_t, cols_t))
+        logits = scaled_logits(cos, rows_t, cols_t, target, self.s, row_shift=penalty, entries=entries)
+        self.last_instance_fpr = found.instance_fpr
+        self.last_stats = FprStats.summarize(
+            found.threshold, found.k, found.instance_fpr, penalty, weighted_fpr=found.weighted_fpr
+        ).as_dict()
+        return logits
+
     def extra_repr(self) -> str:
         return (
             f"s={self.s}, m={self.m}, gamma_u={self.gamma_u}, p={self.p}, alpha={self.alpha}, "
             f"base={self.base!r}, penalty_grad={self.penalty_grad!r}"
             + (f", alpha_warmup={self.alpha_warmup}" if self.alpha_warmup else "")
+            + (f", negatives={self.negatives!r}" if self.negatives != "classes" else "")
         )

@@ -26,8 +26,11 @@ LOG_LABELS = (
 class FprStats:
     """Plain floats of one step of an FPR loss.
 
-    - ``threshold``: ``T_u``; ``k``: its rank among the non-target cosines;
-    - ``instance_fpr_mean/max``: Eq. 9 over the global batch's rows;
+    - ``threshold``: ``T_u``; ``k``: its rank among the non-target cosines
+      (with ``negatives="pairs"``: among the impostor pair cosines of the
+      batch; +inf and 0 when the batch has no impostor pair);
+    - ``instance_fpr_mean/max``: Eq. 9 over the global batch's rows (over
+      each row's impostor pairs with ``negatives="pairs"``);
     - ``weighted_fpr_mean/max``: Eq. 11's ``g_i`` (the paper's loss only);
     - ``mined_cos2_mean/max``: the released code's ``P_i``, the mean squared
       mined cosine of a row (``fpr_penalty_tface`` only);

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["check_choice", "check_cosines", "check_features", "check_in_open_interval", "check_positive", "check_real"]
+__all__ = ["check_choice", "check_cosines", "check_embeddings", "check_features", "check_in_open_interval", "check_positive", "check_real"]
 
 
 def check_real(name: str, value: float) -> float:
@@ -100,3 +100,18 @@ def check_features(
             f"norm_weight must have shape [{c}, {norm_embeddings.shape[1]}], got {tuple(norm_weight.shape)}"
         )
     return norm_embeddings, norm_weight
+
+
+def check_embeddings(norm_embeddings: torch.Tensor | None, cos: torch.Tensor, needed_by: str) -> torch.Tensor:
+    """Check the normalised embeddings ``[N, D]`` behind the rows of ``cos`` (pair losses need only these)."""
+    if not isinstance(norm_embeddings, torch.Tensor):
+        raise ValueError(
+            f"{needed_by} needs norm_embeddings [N, D] (the L2-normalised rows of cos) for the pair "
+            "cosines; pass them, e.g. through ClassifierHead"
+        )
+    if norm_embeddings.dim() != 2 or norm_embeddings.shape[0] != cos.shape[0] or not norm_embeddings.is_floating_point():
+        raise ValueError(
+            f"norm_embeddings must be a floating-point tensor of shape [{cos.shape[0]}, D], got "
+            f"{norm_embeddings.dtype} {tuple(norm_embeddings.shape)}"
+        )
+    return norm_embeddings

@@ -69,7 +69,7 @@ def margin_list_from_loss(loss: str, params: Mapping[str, Any]) -> tuple[float, 
 
 def needs_features(loss: str, params: Mapping[str, Any]) -> bool:
     """True when the loss needs ``norm_embeddings``/``norm_weight``, so the plugin's PartialFC must replace the host's."""
-    return loss in FEATURE_LOSSES or params.get("penalty_grad") == "embeddings"
+    return loss in FEATURE_LOSSES or params.get("penalty_grad") == "embeddings" or params.get("negatives") == "pairs"
 
 
 class _FprLogger:
