@@ -31,7 +31,13 @@ import torch
 from fpr_plugin.heads import ClassifierHead
 from fpr_plugin.registry import build_loss
 
-LOSSES = ("cosface", "fpr_penalty", "fpr_penalty_tface")
+# name in the table -> (registered loss, parameters)
+LOSSES = {
+    "cosface": ("cosface", {}),
+    "fpr_penalty": ("fpr_penalty", {}),
+    "fpr_penalty_pairs": ("fpr_penalty", {"negatives": "pairs"}),
+    "fpr_penalty_tface": ("fpr_penalty_tface", {}),
+}
 
 
 def _read_status(field: str) -> int:
@@ -85,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     weight = torch.empty(args.classes, args.dim).normal_(0, 0.01)
     heads = {}
-    for name in LOSSES:
-        head = ClassifierHead(args.dim, args.classes, build_loss(name)).to(device)
+    for name, (loss, params) in LOSSES.items():
+        head = ClassifierHead(args.dim, args.classes, build_loss(loss, **params)).to(device)
         with torch.no_grad():
             head.weight.copy_(weight)
         heads[name] = head
