@@ -33,6 +33,7 @@ ranks to match one process on the same global batch; with
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,8 @@ class ClassifierHead(torch.nn.Module):
             the classifier, split the batch); ignored on one process.
         sample_rate: PartialFC's share of each rank's columns used per
             training step, in (0, 1] (1: all; needs ``parallel="classes"``).
+        weight_init: fills this rank's rows of the classifier in place, given
+            them and the class of the first row (None: normal(0, 0.01)).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ClassifierHead(torch.nn.Module):
         process_group=None,
         parallel: str = "classes",
         sample_rate: float = 1.0,
+        weight_init: Callable[[torch.Tensor, int], None] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
@@ -104,8 +108,12 @@ class ClassifierHead(torch.nn.Module):
         else:  # one process, or a one-rank group under a larger world: this group alone
             self.layout = Layout.per_rank() if is_distributed() else Layout.local()
             self.class_start, self.class_end = 0, num_classes
-        # insightface initialises the class centres with normal(0, 0.01).
-        self.weight = torch.nn.Parameter(torch.empty(self.class_end - self.class_start, embedding_size).normal_(0, 0.01))
+        self.weight = torch.nn.Parameter(torch.empty(self.class_end - self.class_start, embedding_size))
+        with torch.no_grad():
+            if weight_init is None:  # insightface initialises the class centres with normal(0, 0.01)
+                self.weight.normal_(0, 0.01)
+            else:
+                weight_init(self.weight, self.class_start)
         if self.layout.mode == "batch":
             source = dist.get_global_rank(process_group, 0) if process_group is not None else 0
             dist.broadcast(self.weight.data, src=source, group=process_group)

@@ -1,6 +1,7 @@
 """Training datasets: InsightFace record sets and image folders, as torch ``Dataset``s.
 
-Each sample is ``(image, label)``: ``image`` a float32 ``[3, H, W]`` RGB tensor normalised to
+:meth:`RecordSet.open` opens a record set for training once: its dataset,
+``num_classes``, ``num_image`` and the groups of ``groups.tsv``. Each sample is ``(image, label)``: ``image`` a float32 ``[3, H, W]`` RGB tensor normalised to
 ``(x / 255 - 0.5) / 0.5`` (randomly flipped left-right when ``random_flip``), ``label`` an int.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 import numbers
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,12 +20,13 @@ import torch
 from torch.utils.data import Dataset
 
 from fpr_plugin.data.image_folder import scan_image_folder
-from fpr_plugin.data.record_set import read_record_set, record_paths
+from fpr_plugin.data.record_set import (IDX_NAME, PROPERTY_NAME, REC_NAME, read_groups, read_record_set,
+                                        record_paths)
 from fpr_plugin.data.recordio import IndexedRecordReader, unpack
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
-__all__ = ["RecordDataset", "ImageFolderDataset", "decode_image", "to_tensor"]
+__all__ = ["RecordDataset", "RecordSet", "ImageFolderDataset", "decode_image", "to_tensor"]
 
 
 def decode_image(data: bytes, source: str) -> np.ndarray:
@@ -96,10 +99,6 @@ class RecordDataset(_FaceDataset):
     def __len__(self) -> int:
         return self.num_image
 
-    def label_of(self, index: int) -> int:
-        """Class id of sample ``index`` (reads the record header only)."""
-        return self._read(index)[0]
-
     def _read(self, index: int) -> tuple[int, bytes, int]:
         key = int(self.image_keys[index])
         header, payload = unpack(self.reader.read_idx(key))
@@ -122,6 +121,60 @@ class RecordDataset(_FaceDataset):
                 f"{self.reader.rec_path}, key {key}: image is {image.shape[1]}x{image.shape[2]}, expected "
                 f"{self.image_size[0]}x{self.image_size[1]} (the record set's property)")
         return image, label
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    """A record-set folder opened for training: its dataset (no random flip of its own) and groups."""
+
+    path: Path
+    dataset: RecordDataset
+    groups: dict[int, str] | None  # class id -> group name, from groups.tsv
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the set (from ``property``, else the identity records)."""
+        return self.dataset.num_classes
+
+    @property
+    def num_image(self) -> int:
+        """Images of the set."""
+        return self.dataset.num_image
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None) -> "RecordSet":
+        """Open the folder ``path`` (``train.rec``, ``train.idx``, ``property``, optional ``groups.tsv``).
+
+        FileNotFoundError naming the folder and the files expected in it; the
+        record header, the property file and the first image are checked once here.
+        """
+        needed = (REC_NAME, IDX_NAME, PROPERTY_NAME)
+        folder = Path(path) if path else None
+        if folder is None or not folder.is_dir():
+            raise FileNotFoundError(
+                f"record folder rec={None if path is None else str(path)!r} does not exist; expected a folder "
+                f"with {', '.join(needed)} (set it with --set rec=/path/to/folder)")
+        missing = [name for name in needed if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"record folder {str(folder)!r} lacks {', '.join(missing)}")
+        return cls(folder, RecordDataset(folder, random_flip=False), read_groups(folder))
+
+    def resolve_counts(self, num_classes: int | None, num_image: int | None) -> tuple[int, int]:
+        """``(num_classes, num_image)`` of a config: the set's where None; ValueError when they contradict it.
+
+        A larger ``num_classes`` than the set holds is allowed (classes without
+        images); ``num_image`` may use fewer images than the set holds, not more.
+        """
+        if num_classes is None:
+            num_classes = self.num_classes
+        elif num_classes < self.num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} is smaller than the {self.num_classes} classes of {str(self.path)!r}")
+        if num_image is None:
+            num_image = self.num_image
+        elif num_image > self.num_image:
+            raise ValueError(f"num_image={num_image} exceeds the {self.num_image} images of {str(self.path)!r}")
+        return int(num_classes), int(num_image)
 
 
 class ImageFolderDataset(_FaceDataset):

@@ -1,9 +1,9 @@
-"""Checkpoint files: atomic per-rank saves, finding the last complete one, RNG state, re-sharding.
+"""Checkpoints: the training state of a rank (:class:`TrainState`), its files, resume and re-sharding.
 
 Layout under the run's output folder::
 
     checkpoints/step_00001234/rank_0_of_8.pt ... rank_7_of_8.pt
-    model.pt      backbone state_dict only (for export)
+    model.pt      backbone state_dict only (for export; see fpr_plugin.model_file)
     config.json   the resolved config
 
 A save is *complete* when every rank's file exists. Every file is written to
@@ -14,7 +14,6 @@ under a final name. Everything stored is tensors and plain containers, so
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -24,25 +23,30 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from fpr_plugin.atomic import atomic_write
 from fpr_plugin.cli_errors import UserError
+from fpr_plugin.model_file import non_finite_entry, write_model_and_config
+from fpr_plugin.train.environment import RunEnvironment, all_ranks
+from fpr_plugin.train.monitor import get_logger
 
 __all__ = [
     "CHECKPOINT_DIR",
     "RESUMABLE_KEYS",
+    "TrainState",
+    "NonFiniteStateError",
+    "class_range",
     "CompleteCheckpoint",
     "atomic_write",
     "CheckpointError",
-    "non_finite_entry",
     "save_file",
     "load_file",
     "checkpoint_path",
     "complete_checkpoints",
     "latest_checkpoint",
     "prune_checkpoints",
-    "write_model_and_config",
-    "write_config",
     "rng_state",
     "set_rng_state",
     "check_compatible",
@@ -76,27 +80,6 @@ RESUMABLE_KEYS = frozenset(
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be loaded (damaged, truncated, or holding objects); names the file."""
-
-
-def non_finite_entry(obj: Any, prefix: str = "") -> str | None:
-    """The key of the first floating-point tensor (or float) in ``obj`` holding NaN/inf, else None."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
-            return prefix or "<tensor>"
-        return None
-    if isinstance(obj, float):
-        return None if np.isfinite(obj) else (prefix or "<float>")
-    if isinstance(obj, Mapping):
-        items = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return None
-    for key, value in items:
-        found = non_finite_entry(value, f"{prefix}.{key}" if prefix else str(key))
-        if found is not None:
-            return found
-    return None
 
 
 def save_file(obj: Any, path: str | Path) -> None:
@@ -189,27 +172,6 @@ def prune_checkpoints(output: str | Path, keep: int) -> None:
         # a newer incomplete save may still be being written by other ranks: leave it
         if match and folder not in kept and int(match.group(1)) < newest:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def write_model_and_config(output: str | Path, backbone_state: Mapping[str, torch.Tensor], config: dict) -> None:
-    """Write ``model.pt`` (backbone weights only) and ``config.json`` atomically."""
-    output = Path(output)
-    weights = {k: v.detach().cpu() for k, v in backbone_state.items()}
-    bad = non_finite_entry(weights)
-    if bad is not None:  # never write a model full of NaN
-        raise FloatingPointError(f"refusing to write {output / 'model.pt'}: backbone weight {bad!r} is not finite")
-    save_file(weights, output / "model.pt")
-    write_config(output, config)
-
-
-def write_config(output: str | Path, config: dict) -> None:
-    """Write ``config.json`` (the resolved config) atomically."""
-    text = json.dumps(config, indent=2, sort_keys=True, default=str)
-
-    def write_json(tmp: str) -> None:
-        Path(tmp).write_text(text + "\n", encoding="utf-8")
-
-    atomic_write(Path(output) / "config.json", write_json)
 
 
 # ---- random number generators -------------------------------------------------------------
@@ -314,3 +276,137 @@ def reshard_state(states: Sequence[Mapping[str, Any]], class_start: int, class_e
                            "num_classes": first["head_shard"]["num_classes"]}
     state.pop("rng", None)
     return state
+
+
+# ---- the training state of one rank --------------------------------------------------------
+class NonFiniteStateError(FloatingPointError):
+    """The state to save holds NaN/inf; the message names the entry (or says it is on another rank)."""
+
+
+def class_range(head: nn.Module) -> tuple[int, int]:
+    """``[class_start, class_end)`` of the classes a (possibly class-sharded) head holds."""
+    return int(getattr(head, "class_start", 0)), int(getattr(head, "class_end", head.weight.shape[0]))
+
+
+class TrainState:
+    """What one rank's checkpoint holds: weights, optimizer, grad scaler, counters, RNG states and the config.
+
+    :meth:`state_dict` is the checkpoint's content and :meth:`load` restores it;
+    :meth:`save` writes every rank's file and then (rank 0) ``model.pt``;
+    :meth:`resume` loads the newest intact complete save, cutting this rank's
+    classes out of the saved shards when the world size changed. The optimizer's
+    parameter groups are the backbone's, then the head's.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, config: dict, *, env: RunEnvironment, steps_per_epoch: int) -> None:
+        self.backbone, self.head, self.optimizer, self.scaler = backbone, head, optimizer, scaler
+        self.config = config  # the plain resolved config
+        self.env = env
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.last_saved: Path | None = None  # this rank's file of the last save (or of the one resumed)
+        self.last_saved_step = -1
+
+    def state_dict(self) -> dict:
+        """The checkpoint of this rank (a finished epoch is stored as the start of the next one)."""
+        done = self.step_in_epoch
+        epoch, step = (self.epoch + 1, 0) if done >= self.steps_per_epoch else (self.epoch, done)
+        class_start, class_end = class_range(self.head)
+        num_backbone = len(self.optimizer.param_groups[0]["params"])
+        return {
+            "backbone": self.backbone.state_dict(),
+            "head": self.head.state_dict(),
+            "head_shard": {"class_start": class_start, "class_end": class_end,
+                           "num_classes": self.config["num_classes"]},
+            "head_param_ids": list(range(num_backbone, num_backbone + len(self.optimizer.param_groups[1]["params"]))),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "global_step": self.global_step,
+            "rank": self.env.rank,
+            "world_size": self.env.world_size,
+            "rng": rng_state(self.env.device),
+            "config": self.config,
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (RNG states only when it has them; entries of older versions are ignored)."""
+        self.backbone.load_state_dict(state["backbone"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
+        self.global_step = int(state["global_step"])
+        if "rng" in state:
+            set_rng_state(state["rng"], self.env.device)
+
+    def save(self, output: str | Path, keep: int) -> Path:
+        """Save every rank's checkpoint, then (rank 0) ``model.pt``, ``config.json`` and pruning to ``keep``.
+
+        NonFiniteStateError, on every rank and before anything is written, when any
+        rank's weights or optimizer state hold NaN/inf. Saving a step twice is a no-op.
+        """
+        if self.last_saved_step == self.global_step:
+            return self.last_saved
+        state = self.state_dict()
+        bad = non_finite_entry({k: state[k] for k in ("backbone", "head", "optimizer")})
+        if not all_ranks(bad is None, self.env.device):
+            raise NonFiniteStateError(bad or "on another rank")
+        path = checkpoint_path(output, self.global_step, self.env.rank, self.env.world_size)
+        save_file(state, path)
+        if self.env.distributed:
+            dist.barrier()
+        if self.env.is_main:
+            write_model_and_config(output, self.backbone.state_dict(), self.config)
+            prune_checkpoints(output, keep)
+        self.last_saved, self.last_saved_step = path, self.global_step
+        return path
+
+    def resume(self, output: str | Path) -> CompleteCheckpoint | None:
+        """Load the newest complete save of ``output`` that loads (and is finite) on every rank; None without one.
+
+        Damaged newer saves are skipped with a warning. ValueError naming the key
+        when the save's config does not match this run's (other than RESUMABLE_KEYS).
+        """
+        found, state = self._last_intact(output)
+        if found is None:
+            return None
+        check_compatible(state["config"], self.config, str(found.folder))
+        self.load(state)
+        self.last_saved_step = self.global_step
+        self.last_saved = found.rank_file(min(self.env.rank, found.world_size - 1))
+        return found
+
+    def _last_intact(self, output: str | Path) -> tuple[CompleteCheckpoint | None, dict | None]:
+        """The newest complete save that loads (and is finite) on every rank, with this rank's state."""
+        candidates = complete_checkpoints(output)
+        for found in reversed(candidates):
+            state, problem = None, None
+            try:
+                state = self._load_for_this_rank(found)
+                bad = non_finite_entry({k: state.get(k) for k in ("backbone", "head")})
+                if bad is not None:
+                    problem = f"weight {bad!r} is not finite"
+            except CheckpointError as exc:
+                problem = str(exc)
+            except (KeyError, TypeError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if all_ranks(problem is None, self.env.device):
+                return found, state
+            older = [c for c in candidates if c.global_step < found.global_step]
+            get_logger().warning(
+                "resume: skipping the damaged checkpoint %s (%s); %s", found.folder,
+                problem or "damaged on another rank",
+                f"trying the previous one, {older[-1].folder}" if older else "no older checkpoint is left")
+        return None, None
+
+    def _load_for_this_rank(self, found: CompleteCheckpoint) -> dict:
+        if found.world_size == self.env.world_size:
+            return load_file(found.rank_file(self.env.rank))
+        # another world size: cut this rank's classes out of the saved shards
+        get_logger().info("re-sharding the classifier from %d to %d ranks", found.world_size, self.env.world_size)
+        states = [load_file(found.rank_file(r)) for r in range(found.world_size)]
+        return reshard_state(states, *class_range(self.head))

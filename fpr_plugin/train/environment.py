@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["RunEnvironment", "setup_environment", "teardown_environment", "allreduce_sum_hook"]
+__all__ = ["RunEnvironment", "setup_environment", "teardown_environment", "all_ranks", "allreduce_sum_hook"]
 
 
 @dataclass
@@ -70,6 +70,15 @@ def teardown_environment(env: RunEnvironment) -> None:
     """Destroy the process group if :func:`setup_environment` created it."""
     if env.owns_process_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` is true on every rank (one all-reduce when distributed), so all ranks agree."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
 
 
 # No `from __future__ import annotations` here: DDP checks this hook's annotations at run time.

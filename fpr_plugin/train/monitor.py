@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 
+from fpr_plugin.atomic import atomic_write
 from fpr_plugin.losses.stats import LOG_LABELS
 
-__all__ = ["GroupFprMeter", "TrainingMonitor", "format_record", "get_logger"]
+__all__ = ["GroupFprMeter", "TrainingMonitor", "format_record", "get_logger", "truncate_metrics"]
 
 LOGGER_NAME = "fpr_plugin.train"
-
+METRICS_NAME = "metrics.jsonl"
 
 
 def get_logger() -> logging.Logger:
@@ -44,6 +46,19 @@ class GroupFprMeter:
         self._fpr_sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
 
+    @classmethod
+    def from_groups(cls, groups: Mapping[int, str] | None, num_classes: int,
+                    device: torch.device | str = "cpu") -> "GroupFprMeter | None":
+        """A meter for ``groups`` (class id -> group name, as in ``groups.tsv``); None without groups."""
+        if not groups:
+            return None
+        names = sorted(set(groups.values()))
+        class_to_group = torch.full((num_classes,), -1, dtype=torch.long)
+        for class_id, name in groups.items():
+            if 0 <= class_id < num_classes:
+                class_to_group[class_id] = names.index(name)
+        return cls(class_to_group.to(device), names)
+
     def update(self, instance_fpr: torch.Tensor, labels: torch.Tensor) -> None:
         """Add one step's per-row instance FPR ``[N]`` of samples with global class ``labels`` ``[N]``."""
         groups = self.class_to_group.to(labels.device)[labels]
@@ -57,6 +72,23 @@ class GroupFprMeter:
         )
         self._fpr_sum = fpr_sum if self._fpr_sum is None else self._fpr_sum + fpr_sum
         self._count = count if self._count is None else self._count + count
+
+    def update_from_loss(self, loss: torch.nn.Module, labels: torch.Tensor) -> None:
+        """Add the instance FPR a loss kept of its last step (``last_instance_fpr``), if it keeps one.
+
+        A class-sharded FPR loss keeps the global batch's rows: the labels of every
+        rank are gathered to match them.
+        """
+        fpr = getattr(loss, "last_instance_fpr", None)
+        if fpr is None:
+            return
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if fpr.shape[0] != labels.shape[0] and distributed:
+            gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, labels)
+            labels = torch.cat(gathered)
+        if fpr.shape[0] == labels.shape[0]:
+            self.update(fpr, labels)
 
     def summary(self) -> dict[str, float]:
         """Per group: mean instance FPR, share of the above-threshold entries, share of the samples; then reset."""
@@ -102,6 +134,21 @@ def format_record(record: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def truncate_metrics(path: str | Path, global_step: int) -> None:
+    """Drop the ``metrics.jsonl`` records after ``global_step`` (from the interrupted part of a run)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("global_step", 0) <= global_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
+
+
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
@@ -144,7 +191,7 @@ class TrainingMonitor:
             handler.setFormatter(fmt)
             self.logger.addHandler(handler)
             self._handlers.append(handler)
-        self._metrics = open(self.output / "metrics.jsonl", "a", encoding="utf-8")
+        self._metrics = open(self.output / METRICS_NAME, "a", encoding="utf-8")
         from tqdm import tqdm
 
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=None)

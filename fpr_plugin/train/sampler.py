@@ -6,7 +6,8 @@ nothing else: not on the world size, the number of loader workers, or on
 whether the run was interrupted. Global batch ``t`` of an epoch is positions
 ``[t*B, (t+1)*B)`` of that order, and rank ``r`` of ``W`` takes the ``r``-th
 contiguous ``B/W`` of it, so the ranks' batches concatenated in rank order
-are exactly the one-process batch.
+are exactly the one-process batch. :class:`FlippedSamples` reads those
+``(index, flip)`` items from a dataset.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-__all__ = ["GlobalBatchSampler", "RankBatches"]
+__all__ = ["GlobalBatchSampler", "RankBatches", "FlippedSamples"]
 
 
 class GlobalBatchSampler:
@@ -67,17 +70,6 @@ class GlobalBatchSampler:
             raise ValueError(f"start_step {start_step} outside [0, {self.steps_per_epoch}]")
         return RankBatches(self, epoch, start_step)
 
-    def state_dict(self) -> dict:
-        """What defines the order (checked on resume)."""
-        return {
-            "num_samples": self.num_samples,
-            "global_batch": self.global_batch,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "seed": self.seed,
-            "random_flip": self.random_flip,
-        }
-
 
 class RankBatches:
     """Iterable of one rank's ``[(index, flip), ...]`` batches for one epoch, from a step on."""
@@ -98,3 +90,18 @@ class RankBatches:
             lo = step * s.global_batch + s.rank * s.local_batch
             positions = range(lo, lo + s.local_batch)
             yield [(int(order[p]), bool(flips[p])) for p in positions]
+
+
+class FlippedSamples(Dataset):
+    """Reads the sampler's ``(index, flip)`` items from a dataset without its own random flip."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, int]:
+        index, flip = item
+        image, label = self.dataset[index]
+        return (image.flip(-1) if flip else image), label

@@ -36,7 +36,10 @@ def lr_at_step(
 
 
 class StepDecaySchedule:
-    """Sets an optimizer's learning rate from :func:`lr_at_step` before each step."""
+    """Sets an optimizer's learning rate from :func:`lr_at_step` before each step.
+
+    Stateless: the rate is a function of the step and the config, so a checkpoint stores nothing of it.
+    """
 
     def __init__(
         self,
@@ -56,7 +59,6 @@ class StepDecaySchedule:
             lr_decay=float(lr_decay),
             warmup_epoch=float(warmup_epoch),
         )
-        self.global_step = 0
 
     def lr(self, step: int) -> float:
         """Learning rate of ``step``."""
@@ -64,16 +66,7 @@ class StepDecaySchedule:
 
     def apply(self, step: int) -> float:
         """Set every parameter group's rate for ``step``; returns it."""
-        self.global_step = step
         value = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = value
         return value
-
-    def state_dict(self) -> dict:
-        """Plain state for checkpoints."""
-        return {"global_step": self.global_step, **self.params}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the step (the schedule parameters come from the config)."""
-        self.global_step = int(state["global_step"])

@@ -11,32 +11,36 @@ per rank as arcface_torch does).
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from easydict import EasyDict
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.cli_errors import UserError
-from fpr_plugin.train import checkpoint as ckpt
-from fpr_plugin.train.config import fill_from_records, to_plain
+from fpr_plugin.data.dataset import RecordSet
+from fpr_plugin.train.checkpoint import NonFiniteStateError, TrainState
+from fpr_plugin.train.config import to_plain
 from fpr_plugin.train.environment import (
     RunEnvironment,
+    all_ranks,
     allreduce_sum_hook,
     setup_environment,
     teardown_environment,
 )
-from fpr_plugin.train.monitor import GroupFprMeter, TrainingMonitor, get_logger
-from fpr_plugin.train.sampler import GlobalBatchSampler
+from fpr_plugin.train.monitor import METRICS_NAME, GroupFprMeter, TrainingMonitor, get_logger, truncate_metrics
+from fpr_plugin.train.output_folder import OutputFolderError, claim_output, lock_output
+from fpr_plugin.train.sampler import FlippedSamples, GlobalBatchSampler
 from fpr_plugin.train.schedule import StepDecaySchedule
+
+BackboneBuilder = Callable[[Mapping[str, Any]], nn.Module]
 
 __all__ = [
     "train",
@@ -64,26 +68,18 @@ class NonFiniteLossError(UserError, FloatingPointError):
     exit_code = 1
 
 
-class OutputFolderError(UserError):
-    """The output folder holds another run (or cannot be used); the message says what to pass."""
-
-
-def _all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True when ``flag`` is true on every rank (one all-reduce when distributed), so all ranks agree."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return bool(flag)
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
 def all_finite(tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> bool:
-    """True when every tensor is finite on every rank (one fused norm per call, one all-reduce)."""
-    tensors = [t.detach() for t in tensors if t is not None and t.numel()]
+    """True when every floating-point tensor is finite on every rank (one fused max-norm, one all-reduce).
+
+    The max-norm of a tensor is NaN/inf exactly when an entry is, and never
+    overflows for finite entries (an L2 norm of large finite weights can).
+    """
+    tensors = [t.detach() for t in tensors if t is not None and t.numel() and t.is_floating_point()]
     if not tensors:
-        return _all_ranks(True, device)
-    norms = torch._foreach_norm([t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors])
-    return _all_ranks(bool(torch.isfinite(torch.stack(norms).sum())), tensors[0].device)
+        return all_ranks(True, device)
+    norms = torch._foreach_norm([t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors],
+                                float("inf"))
+    return all_ranks(bool(torch.isfinite(torch.stack(norms)).all()), tensors[0].device)
 
 
 def derive_seed(*parts: int) -> int:
@@ -109,20 +105,15 @@ def init_head_rows(weight: torch.Tensor, class_start: int, seed: int, std: float
             weight[a - class_start : b - class_start].copy_(values[a - lo : b - lo])
 
 
-def backbone_from_config(cfg: Mapping[str, Any]) -> nn.Module:
-    """The recipe's backbone (a seam for tests; see fpr_plugin.backbones.backbone_from_config)."""
-    from fpr_plugin.backbones import backbone_from_config as build
-
-    return build(cfg)
-
-
 def build_model(
-    cfg: Mapping[str, Any], device: torch.device | str = "cpu"
+    cfg: Mapping[str, Any], device: torch.device | str = "cpu", build_backbone: BackboneBuilder | None = None
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
     """Backbone, classifier head and its margin loss for a resolved config, initialised from ``cfg.seed``.
 
-    The head is class-sharded when torch.distributed is initialised with
-    more than one process. ``cfg.num_classes`` must be set.
+    ``build_backbone(cfg)`` makes the backbone (default
+    :func:`fpr_plugin.backbones.backbone_from_config`). The head is class-sharded
+    when torch.distributed is initialised with more than one process; its rows are
+    drawn by :func:`init_head_rows`. ``cfg.num_classes`` must be set.
     """
     from fpr_plugin.heads import ClassifierHead
     from fpr_plugin.registry import build_loss
@@ -130,34 +121,14 @@ def build_model(
     if cfg["num_classes"] is None:
         raise ValueError("num_classes is not set: call fill_from_records(cfg) or --set num_classes=N")
     torch.manual_seed(cfg["seed"])
-    backbone = backbone_from_config(cfg).to(device)
+    backbone = (build_backbone or backbone_from_config)(cfg).to(device)
     loss = build_loss(cfg["loss"], **cfg["loss_params"])
-    head = ClassifierHead(cfg["embedding_size"], cfg["num_classes"], loss).to(device)
-    init_head_rows(head.weight, _class_start(head), cfg["seed"], cfg["head_init_std"])
+
+    def weight_init(rows: torch.Tensor, class_start: int) -> None:
+        init_head_rows(rows, class_start, cfg["seed"], cfg["head_init_std"])
+
+    head = ClassifierHead(cfg["embedding_size"], cfg["num_classes"], loss, weight_init=weight_init).to(device)
     return backbone, head, loss
-
-
-def _class_start(head: nn.Module) -> int:
-    return int(getattr(head, "class_start", 0))
-
-
-def _class_end(head: nn.Module) -> int:
-    return int(getattr(head, "class_end", head.weight.shape[0]))
-
-
-class _FlippedSamples(Dataset):
-    """Reads ``(index, flip)`` items from a dataset without its own random flip."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, int]:
-        index, flip = item
-        image, label = self.dataset[index]
-        return (image.flip(-1) if flip else image), label
 
 
 def _amp_dtype(cfg: Mapping[str, Any], device: torch.device) -> torch.dtype | None:
@@ -221,398 +192,196 @@ def make_optimizer(cfg: Mapping[str, Any], backbone: nn.Module, head: nn.Module)
     )
 
 
-class _Run:
-    """State of one training process; :meth:`fit` runs it."""
+def seed_rngs(seed: int) -> None:
+    """Seed the torch, numpy and Python generators of this process from one 63-bit seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
-    def __init__(self, cfg: EasyDict, env: RunEnvironment, overwrite: bool = False) -> None:
-        self.cfg = cfg
-        self.env = env
-        self.overwrite = overwrite
+
+def divergence_message(state: TrainState, what: str, saving: bool = False) -> str:
+    """The message of a diverged run: what, the step (the one running, or the save's), the last good checkpoint.
+
+    The advice is to train again: ``--resume`` keeps the settings, so it would repeat the same steps.
+    """
+    running = 0 if saving else 1  # the counters hold the steps done
+    where = (f"epoch {state.epoch}, step {state.step_in_epoch + running} of the epoch, "
+             f"global step {state.global_step + running}")
+    kept = f"the last good checkpoint is {state.last_saved}" if state.last_saved else "no checkpoint was saved yet"
+    done = "nothing was saved" if saving else "nothing was saved from this step on"
+    return (f"training diverged: non-finite {what} at {where}; {kept}; {done} (lower lr, check the data, or use "
+            "fp16=False, and train again with --overwrite or into another output; --resume would repeat these steps)")
+
+
+def _data_parallel(backbone: nn.Module, env: RunEnvironment) -> nn.Module:
+    """The backbone under DDP with summed gradients when there are several processes, else itself."""
+    if not env.distributed:
+        return backbone
+    model = nn.parallel.DistributedDataParallel(
+        backbone, device_ids=[env.device.index] if env.device.type == "cuda" else None
+    )
+    model.register_comm_hook(None, allreduce_sum_hook)
+    return model
+
+
+class _Run:
+    """One training process: set up from the config in ``__init__``, then :meth:`fit` runs the loop."""
+
+    def __init__(self, cfg: EasyDict, env: RunEnvironment, overwrite: bool = False,
+                 build_backbone: BackboneBuilder | None = None) -> None:
+        self.cfg, self.env, self.overwrite = cfg, env, overwrite
         self.logger = get_logger()
         self.output = Path(cfg.output)
-
-        from fpr_plugin.data.dataset import RecordDataset
-
-        fill_from_records(cfg)
-        self.sampler = GlobalBatchSampler(
-            cfg.num_image,
-            cfg.batch_size,
-            rank=env.rank,
-            world_size=env.world_size,
-            seed=cfg.seed,
-            random_flip=cfg.random_flip,
-        )
-        self.dataset = _FlippedSamples(RecordDataset(cfg.rec, random_flip=False))
-        self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.total_steps = cfg.num_epoch * self.steps_per_epoch
+        records = RecordSet.open(cfg.rec)
+        cfg.num_classes, cfg.num_image = records.resolve_counts(cfg.num_classes, cfg.num_image)
+        self.sampler = GlobalBatchSampler(cfg.num_image, cfg.batch_size, rank=env.rank, world_size=env.world_size,
+                                          seed=cfg.seed, random_flip=cfg.random_flip)
+        self.dataset = FlippedSamples(records.dataset)
+        steps_per_epoch = self.sampler.steps_per_epoch
+        self.total_steps = cfg.num_epoch * steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.plain_config = to_plain(cfg)
 
-        self.backbone, self.head, self.loss_fn = build_model(cfg, env.device)
-        self.optimizer = make_optimizer(cfg, self.backbone, self.head)
-        num_backbone = len(self.optimizer.param_groups[0]["params"])
-        self.head_param_ids = list(range(num_backbone, num_backbone + len(self.optimizer.param_groups[1]["params"])))
-        self.schedule = StepDecaySchedule(
-            self.optimizer,
-            base_lr=cfg.lr,
-            steps_per_epoch=self.steps_per_epoch,
-            lr_steps=cfg.lr_steps,
-            lr_decay=cfg.lr_decay,
-            warmup_epoch=cfg.warmup_epoch,
-        )
+        backbone, head, self.loss_fn = build_model(cfg, env.device, build_backbone)
+        optimizer = make_optimizer(cfg, backbone, head)
+        self.schedule = StepDecaySchedule(optimizer, base_lr=cfg.lr, steps_per_epoch=steps_per_epoch,
+                                          lr_steps=cfg.lr_steps, lr_decay=cfg.lr_decay, warmup_epoch=cfg.warmup_epoch)
         self.amp_dtype = _amp_dtype(cfg, env.device)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
-        self.model = self.backbone
-        if env.distributed:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.backbone, device_ids=[env.device.index] if env.device.type == "cuda" else None
-            )
-            self.model.register_comm_hook(None, allreduce_sum_hook)
-        self.group_meter = self._group_meter()
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
+        self.state = TrainState(backbone, head, optimizer, scaler, to_plain(cfg), env=env,
+                                steps_per_epoch=steps_per_epoch)
+        self.model = _data_parallel(backbone, env)
+        self.group_meter = GroupFprMeter.from_groups(records.groups, cfg.num_classes, env.device)
         self.resumed_from: int | None = None
         self.resume_note = ""  # logged once training.log is open
-        self.last_saved: Path | None = None
-        self.last_saved_step = -1
+        self.last_lr = float("nan")
 
-    # ---- set-up helpers ---------------------------------------------------------------------
-    def _group_meter(self) -> GroupFprMeter | None:
-        from fpr_plugin.data.record_set import read_groups
-
-        groups = read_groups(self.cfg.rec)
-        if not groups:
-            return None
-        names = sorted(set(groups.values()))
-        class_to_group = torch.full((self.cfg.num_classes,), -1, dtype=torch.long)
-        for class_id, name in groups.items():
-            if 0 <= class_id < self.cfg.num_classes:
-                class_to_group[class_id] = names.index(name)
-        return GroupFprMeter(class_to_group.to(self.env.device), names)
-
-    def _seed_rngs(self) -> None:
-        seed = derive_seed(self.cfg.seed, 2, self.env.rank, self.global_step)
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        import random
-
-        random.seed(seed)
-
-    # ---- checkpoints --------------------------------------------------------------------------
-    def _state(self) -> dict:
-        done = self.step_in_epoch
-        epoch, step = (self.epoch + 1, 0) if done >= self.steps_per_epoch else (self.epoch, done)
-        return {
-            "format": 1,
-            "backbone": self.backbone.state_dict(),
-            "head": self.head.state_dict(),
-            "head_shard": {
-                "class_start": _class_start(self.head),
-                "class_end": _class_end(self.head),
-                "num_classes": self.cfg.num_classes,
-            },
-            "head_param_ids": self.head_param_ids,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "global_step": self.global_step,
-            "rank": self.env.rank,
-            "world_size": self.env.world_size,
-            "rng": ckpt.rng_state(self.env.device),
-            "sampler": self.sampler.state_dict(),
-            "config": self.plain_config,
-        }
-
-    def save(self) -> None:
-        """Save every rank's checkpoint, then (rank 0) model.pt, config.json and pruning."""
-        if self.last_saved_step == self.global_step:
-            return
-        path = ckpt.checkpoint_path(self.output, self.global_step, self.env.rank, self.env.world_size)
-        state = self._state()
-        bad = ckpt.non_finite_entry({k: state[k] for k in ("backbone", "head", "optimizer")})
-        if not _all_ranks(bad is None, self.env.device):  # never write a checkpoint holding NaN/inf
-            raise NonFiniteLossError(self._divergence(
-                f"values in the state to save ({bad or 'on another rank'})", self.global_step, saving=True))
-        ckpt.save_file(state, path)
-        if self.env.distributed:
-            dist.barrier()
-        if self.env.is_main:
-            ckpt.write_model_and_config(self.output, self.backbone.state_dict(), self.plain_config)
-            ckpt.prune_checkpoints(self.output, self.cfg.keep_checkpoints)
-        self.last_saved, self.last_saved_step = path, self.global_step
-
-    def _claim_output(self) -> None:
-        """A fresh run (no ``resume``) may write into a folder only when it holds no other run's files.
-
-        Checkpoints: refused unless ``overwrite`` (then the old run's files are removed).
-        A ``config.json`` without checkpoints (a run stopped before its first save):
-        continued from scratch when the settings match, refused unless ``overwrite``
-        when they do not. Leftover ``metrics.jsonl`` lines of such a run are dropped.
-        """
-        found = ckpt.latest_checkpoint(self.output)
-        config_file = self.output / "config.json"
-        conflict = None
-        if found is not None:
-            conflict = (f"output {str(self.output)!r} already holds checkpoints (last at step {found.global_step}); "
-                        "pass --resume to continue that run, --overwrite to replace it, or choose another output "
-                        "with --set output=DIR")
-        elif config_file.is_file():
-            try:
-                saved = json.loads(config_file.read_text(encoding="utf-8"))
-                ckpt.check_compatible(saved, self.plain_config, str(config_file))
-            except (ValueError, OSError) as exc:
-                conflict = (f"output {str(self.output)!r} holds another run ({' '.join(str(exc).split())}); "
-                            "pass --overwrite to replace it or choose another output with --set output=DIR")
-        if conflict is not None and not self.overwrite:
-            raise OutputFolderError(conflict)
-        if self.env.is_main:
-            if conflict is not None:
-                self.logger.warning("--overwrite: removing the previous run's files in %s", self.output)
-                shutil.rmtree(self.output / ckpt.CHECKPOINT_DIR, ignore_errors=True)
-                for name in ("model.pt", "config.json", "metrics.jsonl"):
-                    (self.output / name).unlink(missing_ok=True)
-                shutil.rmtree(self.output / "tensorboard", ignore_errors=True)
-            elif (self.output / "metrics.jsonl").is_file():
-                self.logger.warning("dropping metrics.jsonl lines of an earlier run of these settings in %s "
-                                    "that stopped before its first checkpoint", self.output)
-            _truncate_metrics(self.output / "metrics.jsonl", 0)
-            ckpt.write_config(self.output, self.plain_config)
-        if self.env.distributed:
-            dist.barrier()
-
-    def resume_or_start(self) -> None:
-        """Load the last intact checkpoint when ``resume``; refuse to overwrite another run otherwise."""
-        if not self.cfg.resume:
-            self._claim_output()
-            self._init_backbone()
-            self._seed_rngs()
-            return
-        found, state = self._load_last_intact()
-        if found is None:
-            self.logger.warning("resume: no complete checkpoint in %s, starting from scratch", self.output)
-            if self.env.is_main:
-                _truncate_metrics(self.output / "metrics.jsonl", 0)
-            self._init_backbone()
-            self._seed_rngs()
-            return
-        ckpt.check_compatible(state["config"], self.plain_config, str(found.folder))
-        self.backbone.load_state_dict(state["backbone"])
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
-        self.global_step = int(state["global_step"])
-        if found.world_size == self.env.world_size:
-            ckpt.set_rng_state(state["rng"], self.env.device)
+    # ---- set-up: the output folder, then a fresh start or a resume -----------------------------
+    def _start_or_resume(self) -> None:
+        """A fresh run claims the output; ``resume`` loads the last intact checkpoint (a fresh start without one)."""
+        cfg, state, found = self.cfg, self.state, None
+        if not cfg.resume:
+            claim_output(self.output, state.config, overwrite=self.overwrite, env=self.env)
         else:
-            self._seed_rngs()
-        self.resumed_from = self.global_step
-        self.last_saved_step = self.global_step
-        self.last_saved = found.rank_file(min(self.env.rank, found.world_size - 1))
-        if self.env.is_main:
-            _truncate_metrics(self.output / "metrics.jsonl", self.global_step)
-        self.resume_note = (f"resumed from {found.folder} (world size {found.world_size}): epoch {self.epoch}, "
-                            f"step {self.step_in_epoch}, global step {self.global_step}")
+            found = state.resume(self.output)
+            if found is None:
+                self.logger.warning("resume: no complete checkpoint in %s, starting from scratch", self.output)
+            if self.env.is_main:
+                truncate_metrics(self.output / METRICS_NAME, state.global_step)
+        if found is None and cfg.get("init_backbone"):  # pretrained weights, for a fresh start only
+            from fpr_plugin.backbones.pretrained import load_init_backbone
 
-    def _init_backbone(self) -> None:
-        """A fresh run: load ``init_backbone`` (pretrained weights) into the backbone when it is set."""
-        if not self.cfg.get("init_backbone"):
-            return
-        from fpr_plugin.backbones.pretrained import load_init_backbone
+            load_init_backbone(state.backbone, cfg.init_backbone, cfg)
+            self.logger.info("initialised the backbone from init_backbone %s", cfg.init_backbone)
+        if found is None or found.world_size != self.env.world_size:  # no saved RNG states for this rank
+            seed_rngs(derive_seed(cfg.seed, 2, self.env.rank, state.global_step))
+        if found is not None:
+            self.resumed_from = state.global_step
+            self.resume_note = (f"resumed from {found.folder} (world size {found.world_size}): epoch {state.epoch}, "
+                                f"step {state.step_in_epoch}, global step {state.global_step}")
 
-        load_init_backbone(self.backbone, self.cfg.init_backbone, self.cfg)
-        self.logger.info("initialised the backbone from init_backbone %s", self.cfg.init_backbone)
+    # ---- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train from the current state to ``total_steps`` under the output's lock; returns a summary."""
+        lock = lock_output(self.output, self.env)
+        try:
+            self._start_or_resume()
+            return self._loop()
+        finally:
+            if lock is not None:
+                lock.release()
 
-    def _load_last_intact(self) -> tuple[ckpt.CompleteCheckpoint | None, dict | None]:
-        """The newest complete save that loads (and is finite) on every rank; damaged newer ones are skipped."""
-        candidates = ckpt.complete_checkpoints(self.output)
-        for found in reversed(candidates):
-            state, problem = None, None
-            try:
-                state = self._load_for_this_rank(found)
-                bad = ckpt.non_finite_entry({k: state.get(k) for k in ("backbone", "head")})
-                if bad is not None:
-                    problem = f"weight {bad!r} is not finite"
-            except ckpt.CheckpointError as exc:
-                problem = str(exc)
-            except (KeyError, TypeError, ValueError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if _all_ranks(problem is None, self.env.device):
-                return found, state
-            older = [c for c in candidates if c.global_step < found.global_step]
-            self.logger.warning(
-                "resume: skipping the damaged checkpoint %s (%s); %s", found.folder,
-                problem or "damaged on another rank",
-                f"trying the previous one, {older[-1].folder}" if older else "no older checkpoint is left")
-        return None, None
+    def _loop(self) -> dict:
+        cfg, state = self.cfg, self.state
+        monitor = TrainingMonitor(self.output, is_main=self.env.is_main, total_steps=self.total_steps,
+                                  start_step=state.global_step, global_batch=cfg.batch_size,
+                                  use_tensorboard=cfg.tensorboard)
+        self._log_start()
+        last_loss, start = float("nan"), time.perf_counter()
+        self.model.train()
+        state.head.train()
+        try:
+            while state.global_step < self.total_steps and state.epoch < cfg.num_epoch:
+                for images, labels in self._loader(state.epoch, state.step_in_epoch):
+                    last_loss = self._train_step(images, labels)
+                    state.global_step += 1
+                    state.step_in_epoch += 1
+                    monitor.step(last_loss)
+                    if state.global_step % cfg.frequent == 0 or state.global_step == self.total_steps:
+                        monitor.log(self._record(last_loss))
+                    if cfg.save_every and state.global_step % cfg.save_every == 0:
+                        self._save()
+                    if state.global_step >= self.total_steps:
+                        break
+                if state.step_in_epoch >= self.sampler.steps_per_epoch:
+                    self._save()
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            self._save()
+        finally:
+            monitor.close()
+        summary = {
+            "output": str(self.output), "global_step": state.global_step, "total_steps": self.total_steps,
+            "steps_per_epoch": self.sampler.steps_per_epoch, "epoch": state.epoch, "last_loss": last_loss,
+            "world_size": self.env.world_size, "resumed_from": self.resumed_from,
+            "checkpoint": str(state.last_saved) if state.last_saved else None,
+            "seconds": time.perf_counter() - start,
+        }
+        self.logger.info("finished: %s", summary)
+        return summary
 
-    def _load_for_this_rank(self, found: ckpt.CompleteCheckpoint) -> dict:
-        if found.world_size == self.env.world_size:
-            return ckpt.load_file(found.rank_file(self.env.rank))
-        # Another world size: cut this rank's classes out of the saved shards.
-        self.logger.info("re-sharding the classifier from %d to %d ranks", found.world_size, self.env.world_size)
-        states = [ckpt.load_file(found.rank_file(r)) for r in range(found.world_size)]
-        return ckpt.reshard_state(states, _class_start(self.head), _class_end(self.head))
-
-    # ---- the loop -----------------------------------------------------------------------------
     def _loader(self, epoch: int, start_step: int) -> DataLoader:
-        cuda = self.env.device.type == "cuda"
         return DataLoader(
             self.dataset,
             batch_sampler=self.sampler.epoch(epoch, start_step),
             num_workers=self.cfg.num_workers,
-            pin_memory=cuda,
+            pin_memory=self.env.device.type == "cuda",
             # a private generator, so creating a loader never consumes the global torch RNG
             generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, 3, epoch, start_step)),
             persistent_workers=False,
         )
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        device = self.env.device
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        lr = self.schedule.apply(self.global_step)
-        step = self.global_step + 1
+        """One optimisation step; NonFiniteLossError (naming the step) on a NaN/inf loss, gradient or weight."""
+        state, device = self.state, self.env.device
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        self.last_lr = self.schedule.apply(state.global_step)
         try:
-            loss = forward_loss(self.model, self.head, images, labels, self.amp_dtype)
+            loss = forward_loss(self.model, state.head, images, labels, self.amp_dtype)
         except NonFiniteLossError as exc:
-            raise NonFiniteLossError(self._divergence(f"{exc}", step)) from None
+            raise NonFiniteLossError(divergence_message(self.state, f"{exc}")) from None
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise NonFiniteLossError(self._divergence(f"loss {value}", step))
+            raise NonFiniteLossError(divergence_message(self.state, f"loss {value}"))
+        params = [p for group in state.optimizer.param_groups for p in group["params"]]
 
         def check_gradients() -> None:
-            if self.scaler.is_enabled():  # fp16: the scaler skips steps with inf gradients itself
-                return
-            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
-            if not all_finite(grads, device):
-                raise NonFiniteLossError(self._divergence("gradient", step))
+            # fp16: the scaler skips steps with inf gradients itself
+            if not state.scaler.is_enabled() and not all_finite([p.grad for p in params], device):
+                raise NonFiniteLossError(divergence_message(self.state, "gradient"))
 
-        backward_and_step(loss, self.optimizer, self.scaler, self.backbone, self.cfg.grad_clip, check_gradients)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if not all_finite(params, device):
-            raise NonFiniteLossError(self._divergence("weights after the optimizer step", step))
-        self._record_groups(labels)
-        self._last_lr = lr
+        backward_and_step(loss, state.optimizer, state.scaler, state.backbone, self.cfg.grad_clip, check_gradients)
+        # the buffers too: BatchNorm's running statistics can overflow while the batch statistics stay finite
+        if not all_finite(params + list(state.backbone.buffers()) + list(state.head.buffers()), device):
+            raise NonFiniteLossError(divergence_message(self.state, "weights or buffers after the step"))
+        if self.group_meter is not None:
+            self.group_meter.update_from_loss(self.loss_fn, labels)
         return value
 
-    def _divergence(self, what: str, step: int, saving: bool = False) -> str:
-        """The message of a diverged run: what, the step, the last good checkpoint, what to try."""
-        where = f"epoch {self.epoch}, step {self.step_in_epoch} of the epoch, global step {step}"
-        kept = (f"the last good checkpoint is {self.last_saved}" if self.last_saved
-                else "no checkpoint was saved yet")
-        done = "nothing was saved" if saving else "nothing was saved from this step on"
-        return (f"training diverged: non-finite {what} at {where}; {kept}; {done} "
-                f"(lower lr, check the data, or use fp16=False, then --resume)")
+    def _save(self) -> None:
+        try:
+            self.state.save(self.output, self.cfg.keep_checkpoints)
+        except NonFiniteStateError as exc:  # never write a checkpoint holding NaN/inf
+            raise NonFiniteLossError(divergence_message(
+                self.state, f"values in the state to save ({exc})", saving=True)) from None
 
-    def _record_groups(self, labels: torch.Tensor) -> None:
-        if self.group_meter is None or self.loss_fn is None:
-            return
-        fpr = getattr(self.loss_fn, "last_instance_fpr", None)
-        if fpr is None:
-            return
-        if fpr.shape[0] != labels.shape[0] and self.env.distributed:
-            gathered = [torch.empty_like(labels) for _ in range(self.env.world_size)]
-            dist.all_gather(gathered, labels)
-            labels = torch.cat(gathered)
-        if fpr.shape[0] == labels.shape[0]:
-            self.group_meter.update(fpr, labels)
-
-    def _log(self, monitor: TrainingMonitor, loss: float) -> None:
-        record: dict[str, Any] = {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "loss": loss,
-            "lr": self._last_lr,
-        }
-        stats = getattr(self.loss_fn, "last_stats", None) or {}
-        record.update({k: float(v) for k, v in stats.items()})
+    def _record(self, loss: float) -> dict[str, Any]:
+        """The metrics record of this step: loss, lr, the loss's statistics, per-group FPR."""
+        record: dict[str, Any] = {"epoch": self.state.epoch, "global_step": self.state.global_step,
+                                  "loss": loss, "lr": self.last_lr}
+        record.update({k: float(v) for k, v in (getattr(self.loss_fn, "last_stats", None) or {}).items()})
         if self.group_meter is not None:
             record.update(self.group_meter.summary())
-        monitor.log(record)
-
-    def fit(self) -> dict:
-        """Train from the current state to ``total_steps``; returns a summary."""
-        cfg = self.cfg
-        lock = self._lock_output()
-        try:
-            return self._fit_locked()
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def _lock_output(self):
-        """Rank 0 takes ``<output>/.fpr.lock``; every rank fails together when it cannot."""
-        from fpr_plugin.atomic import clean_stale_temporaries
-        from fpr_plugin.run_lock import OutputLock
-
-        lock, error = None, None
-        if self.env.is_main:
-            try:
-                lock = OutputLock(self.output, "fpr-train").acquire()
-                for folder in (self.output, *self.output.glob(f"{ckpt.CHECKPOINT_DIR}/step_*")):
-                    for left in clean_stale_temporaries(folder):
-                        self.logger.info("removed %s, left by an interrupted run", left)
-            except UserError as exc:
-                error = exc
-        if not _all_ranks(error is None, self.env.device):
-            raise error or OutputFolderError(f"output {self.output}: rank 0 could not take its lock")
-        return lock
-
-    def _fit_locked(self) -> dict:
-        cfg = self.cfg
-        self.resume_or_start()
-        monitor = TrainingMonitor(
-            self.output,
-            is_main=self.env.is_main,
-            total_steps=self.total_steps,
-            start_step=self.global_step,
-            global_batch=cfg.batch_size,
-            use_tensorboard=cfg.tensorboard,
-        )
-        self._log_start()
-        last_loss = float("nan")
-        start = time.perf_counter()
-        self.model.train()
-        self.head.train()
-        try:
-            while self.global_step < self.total_steps and self.epoch < cfg.num_epoch:
-                loader = self._loader(self.epoch, self.step_in_epoch)
-                for images, labels in loader:
-                    last_loss = self._train_step(images, labels)
-                    self.global_step += 1
-                    self.step_in_epoch += 1
-                    monitor.step(last_loss)
-                    if self.global_step % cfg.frequent == 0 or self.global_step == self.total_steps:
-                        self._log(monitor, last_loss)
-                    if cfg.save_every and self.global_step % cfg.save_every == 0:
-                        self.save()
-                    if self.global_step >= self.total_steps:
-                        break
-                if self.step_in_epoch >= self.steps_per_epoch:
-                    self.save()
-                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self.save()
-        finally:
-            monitor.close()
-        summary = {
-            "output": str(self.output),
-            "global_step": self.global_step,
-            "total_steps": self.total_steps,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epoch": self.epoch,
-            "last_loss": last_loss,
-            "world_size": self.env.world_size,
-            "resumed_from": self.resumed_from,
-            "checkpoint": str(self.last_saved) if self.last_saved else None,
-            "seconds": time.perf_counter() - start,
-        }
-        self.logger.info("finished: %s", summary)
-        return summary
+        return record
 
     def _log_start(self) -> None:
         cfg, env = self.cfg, self.env
@@ -620,44 +389,27 @@ class _Run:
             "recipe %s, loss %s %s, network %s, %d classes, %d images, %d steps/epoch x %d epochs "
             "(%d steps to run), global batch %d = %d ranks x %d, device %s, backend %s",
             cfg.recipe, cfg.loss, cfg.loss_params, cfg.network, cfg.num_classes, cfg.num_image,
-            self.steps_per_epoch, cfg.num_epoch, self.total_steps - self.global_step, cfg.batch_size,
+            self.sampler.steps_per_epoch, cfg.num_epoch, self.total_steps - self.state.global_step, cfg.batch_size,
             env.world_size, self.sampler.local_batch, env.device, env.backend or "none",
         )
         if self.resume_note:
             self.logger.info("%s", self.resume_note)
         if cfg.get("loss_params_skipped"):
-            self.logger.info(
-                "loss_params %s are not parameters of %s: not passed to it",
-                ", ".join(cfg.loss_params_skipped), cfg.loss,
-            )
+            self.logger.info("loss_params %s are not parameters of %s: not passed to it",
+                             ", ".join(cfg.loss_params_skipped), cfg.loss)
 
 
-def _truncate_metrics(path: Path, global_step: int) -> None:
-    """Drop metrics records after ``global_step`` (from the interrupted part of a run)."""
-    import json
-
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("global_step", 0) <= global_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue
-    ckpt.atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
-
-
-def train(cfg: Mapping[str, Any], overwrite: bool = False) -> dict:
+def train(cfg: Mapping[str, Any], overwrite: bool = False, *, build_backbone: BackboneBuilder | None = None) -> dict:
     """Train with a resolved config (see :func:`fpr_plugin.train.config.load_config`); returns a summary.
 
     Runs in one process, or in every process of a ``torchrun`` launch (the
     process group is created from the environment and destroyed at the end).
-    ``overwrite`` lets a fresh run replace another run's files in ``cfg.output``.
+    ``overwrite`` lets a fresh run replace another run's files in ``cfg.output``;
+    ``build_backbone(cfg)`` replaces the backbone built from the config by name.
     """
     cfg = EasyDict(to_plain(cfg))
     env = setup_environment()
     try:
-        return _Run(cfg, env, overwrite=overwrite).fit()
+        return _Run(cfg, env, overwrite=overwrite, build_backbone=build_backbone).fit()
     finally:
         teardown_environment(env)

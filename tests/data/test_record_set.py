@@ -91,3 +91,44 @@ def test_bad_property_and_missing_set(tmp_path):
         record_paths(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"train\.rec does not exist"):
         read_record_set(tmp_path)
+
+
+def _jpeg_samples(labels):
+    import cv2
+
+    for label in labels:
+        ok, data = cv2.imencode(".jpg", np.full((112, 112, 3), 40 * label, dtype=np.uint8))
+        assert ok
+        yield label, data.tobytes()
+
+
+def test_record_set_opens_once_with_counts_dataset_and_groups(tmp_path):
+    from fpr_plugin.data.dataset import RecordSet
+
+    labels = [0, 0, 1, 2, 2, 2]
+    write_record_set(tmp_path / "rs", _jpeg_samples(labels), groups={0: ("a", "G1"), 1: ("b", "G2"), 2: ("c", "G1")})
+    records = RecordSet.open(tmp_path / "rs")
+    assert (records.num_classes, records.num_image, len(records.dataset)) == (3, 6, 6)
+    assert records.groups == {0: "G1", 1: "G2", 2: "G1"}
+    assert sorted(records.dataset[i][1] for i in range(6)) == labels
+    assert records.dataset.random_flip is False  # the trainer's sampler draws the flips
+    assert records.resolve_counts(None, None) == (3, 6)
+    assert records.resolve_counts(5, 4) == (5, 4)  # more classes than images have, fewer images: allowed
+    with pytest.raises(ValueError, match=r"num_classes=2 is smaller than the 3 classes of '.*rs'"):
+        records.resolve_counts(2, None)
+    with pytest.raises(ValueError, match=r"num_image=7 exceeds the 6 images of '.*rs'"):
+        records.resolve_counts(None, 7)
+
+
+def test_record_set_open_names_the_folder_and_missing_files(tmp_path):
+    from fpr_plugin.data.dataset import RecordSet
+
+    with pytest.raises(FileNotFoundError, match=r"record folder rec='.*gone' does not exist; expected a folder with "
+                                                r"train\.rec, train\.idx, property"):
+        RecordSet.open(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="record folder rec=None does not exist"):
+        RecordSet.open(None)
+    write_record_set(tmp_path / "rs", _jpeg_samples([0, 1]))
+    (tmp_path / "rs" / "property").unlink()
+    with pytest.raises(FileNotFoundError, match=r"record folder '.*rs' lacks property"):
+        RecordSet.open(tmp_path / "rs")

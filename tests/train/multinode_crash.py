@@ -11,24 +11,25 @@ import os
 import signal
 import sys
 
-from fpr_plugin.train import trainer
+from fpr_plugin.train.checkpoint import TrainState
 from fpr_plugin.train.cli import main
 
 KILL_AFTER = int(os.environ["FPR_TEST_KILL_AFTER_STEP"])
-_save = trainer._Run.save
+_save = TrainState.save
 
 
-def save_then_die(self) -> None:
-    _save(self)
+def save_then_die(self, *args, **kwargs):
+    path = _save(self, *args, **kwargs)
     if self.global_step == KILL_AFTER:
         try:
             os.kill(os.getppid(), signal.SIGKILL)  # this node's torchrun agent
         except ProcessLookupError:
             pass
         os._exit(1)
+    return path
 
 
-trainer._Run.save = save_then_die
+TrainState.save = save_then_die
 
 if __name__ == "__main__":
     sys.exit(main())

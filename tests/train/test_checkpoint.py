@@ -1,6 +1,5 @@
 """Checkpoint files: atomic writes, complete saves, pruning, RNG state, compatibility, re-sharding."""
 
-import json
 import random
 
 import numpy as np
@@ -73,12 +72,6 @@ def test_check_compatible_names_the_differing_key():
         ckpt.check_compatible(saved, {**saved, "seed": 1}, "ck")
 
 
-def test_model_and_config_files(tmp_path):
-    ckpt.write_model_and_config(tmp_path, {"fc.weight": torch.ones(2, 2)}, {"network": "r18", "lr_steps": [1]})
-    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["fc.weight"], torch.ones(2, 2))
-    assert json.loads((tmp_path / "config.json").read_text())["network"] == "r18"
-
-
 def _shard_states(full, momentum, bounds):
     states = []
     for lo, hi in bounds:
@@ -109,3 +102,56 @@ def test_reshard_from_three_ranks_to_two():
 def test_slice_class_rows_detects_a_gap():
     with pytest.raises(ValueError, match=r"do not cover classes \[0, 6\)"):
         ckpt.slice_class_rows([(0, 2, torch.zeros(2)), (4, 6, torch.zeros(2))], 0, 6)
+
+
+def _tiny_state(num_classes=6, steps_per_epoch=4):
+    from fpr_plugin.train.environment import RunEnvironment
+
+    backbone, head = torch.nn.Linear(3, 2), torch.nn.Linear(2, num_classes, bias=False)
+    optimizer = torch.optim.SGD([{"params": list(backbone.parameters())}, {"params": list(head.parameters())}],
+                                lr=0.1, momentum=0.9)
+    env = RunEnvironment(0, 1, 0, torch.device("cpu"), None, False)
+    return ckpt.TrainState(backbone, head, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                           {"num_classes": num_classes, "lr": 0.1}, env=env, steps_per_epoch=steps_per_epoch)
+
+
+def test_train_state_round_trip_and_epoch_rollover(tmp_path):
+    state = _tiny_state()
+    state.backbone(torch.ones(1, 3)).sum().backward()
+    state.optimizer.step()  # momentum buffers exist now
+    state.epoch, state.step_in_epoch, state.global_step = 1, 4, 8  # the epoch's last step is done
+    saved = state.state_dict()
+    assert (saved["epoch"], saved["step"], saved["global_step"]) == (2, 0, 8)
+    assert saved["head_param_ids"] == [2] and saved["head_shard"] == {"class_start": 0, "class_end": 6,
+                                                                      "num_classes": 6}
+    assert not {"format", "sampler", "scheduler"} & set(saved)
+    path = state.save(tmp_path, keep=2)
+    assert path == ckpt.checkpoint_path(tmp_path, 8, 0, 1) and (tmp_path / "model.pt").is_file()
+    assert state.save(tmp_path, keep=2) == path  # the same step again: nothing new
+    other = _tiny_state()
+    assert other.resume(tmp_path).global_step == 8
+    assert (other.epoch, other.step_in_epoch, other.global_step, other.last_saved) == (2, 0, 8, path)
+    for mine, theirs in zip(other.optimizer.state_dict()["state"].values(), saved["optimizer"]["state"].values()):
+        assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
+    assert torch.equal(other.head.weight, state.head.weight)
+
+
+def test_train_state_never_saves_non_finite_values(tmp_path):
+    state = _tiny_state()
+    with torch.no_grad():
+        state.head.weight[1, 0] = float("nan")
+    state.global_step = 3
+    with pytest.raises(ckpt.NonFiniteStateError, match=r"head\.weight"):
+        state.save(tmp_path, keep=2)
+    assert list(tmp_path.iterdir()) == [] and state.last_saved is None
+
+
+def test_train_state_resume_skips_a_damaged_newest_checkpoint(tmp_path):
+    state = _tiny_state()
+    state.global_step = 2
+    good = state.save(tmp_path, keep=3)
+    state.global_step = 4
+    state.save(tmp_path, keep=3).write_bytes(b"torn")
+    other = _tiny_state()
+    assert other.resume(tmp_path).global_step == 2 and other.last_saved == good
+    assert _tiny_state().resume(tmp_path / "empty") is None

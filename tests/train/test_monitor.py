@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpr_plugin.train.monitor import GroupFprMeter, TrainingMonitor, format_record
+from fpr_plugin.train.monitor import GroupFprMeter, TrainingMonitor, format_record, truncate_metrics
 
 
 def test_group_meter_matches_loops():
@@ -54,3 +54,34 @@ def test_other_ranks_write_nothing(tmp_path):
     monitor.log({"epoch": 0, "global_step": 1, "loss": 1.0, "lr": 0.1})
     monitor.close()
     assert not (tmp_path / "out").exists()
+
+
+def test_group_meter_from_groups_tsv_mapping():
+    meter = GroupFprMeter.from_groups({0: "B", 1: "A", 3: "B", 9: "A"}, num_classes=5)  # class 9: outside
+    assert meter.names == ["A", "B"]
+    assert meter.class_to_group.tolist() == [1, 0, -1, 1, -1]
+    assert GroupFprMeter.from_groups(None, 5) is None and GroupFprMeter.from_groups({}, 5) is None
+
+
+def test_group_meter_reads_the_instance_fpr_a_loss_kept():
+    meter = GroupFprMeter(torch.tensor([0, 1]), ["A", "B"])
+    loss = torch.nn.Module()
+    meter.update_from_loss(loss, torch.tensor([0, 1]))  # a loss without last_instance_fpr: nothing
+    assert meter.summary() == {}
+    loss.last_instance_fpr = torch.tensor([0.25, 0.0, 0.75])
+    meter.update_from_loss(loss, torch.tensor([0, 1, 0]))
+    out = meter.summary()
+    assert out["group_fpr_mean/A"] == pytest.approx(0.5) and out["group_fpr_mean/B"] == 0.0
+    assert out["group_sample_share/A"] == pytest.approx(2 / 3)
+
+
+def test_truncate_metrics_keeps_records_up_to_the_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"global_step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3, 4))
+                    + '{"global_step": 5, "lo')  # a line cut by a kill
+    truncate_metrics(path, 2)
+    assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [1, 2]
+    truncate_metrics(path, 0)
+    assert path.read_text() == ""
+    truncate_metrics(tmp_path / "absent.jsonl", 3)
+    assert not (tmp_path / "absent.jsonl").exists()

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from fpr_plugin.train.sampler import GlobalBatchSampler
+from fpr_plugin.train.sampler import FlippedSamples, GlobalBatchSampler
 
 
 def _batches(sampler, epoch, start=0):
@@ -58,3 +59,13 @@ def test_batch_must_divide_by_world_size():
 def test_batch_larger_than_dataset():
     with pytest.raises(ValueError, match="exceeds the 8 training images"):
         GlobalBatchSampler(8, 16)
+
+
+def test_flipped_samples_mirror_exactly_the_flagged_items():
+    images = [torch.arange(6.0).reshape(1, 2, 3) + 10 * i for i in range(3)]
+    samples = FlippedSamples([(image, i) for i, image in enumerate(images)])
+    assert len(samples) == 3
+    image, label = samples[(1, True)]
+    assert label == 1 and image[0].tolist() == [[12.0, 11.0, 10.0], [15.0, 14.0, 13.0]]
+    image, label = samples[(2, False)]
+    assert label == 2 and torch.equal(image, images[2])

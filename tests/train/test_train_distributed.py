@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.train import trainer
 from fpr_plugin.train.checkpoint import CHECKPOINT_DIR, complete_checkpoints, load_file
 from fpr_plugin.train.config import load_config
@@ -41,27 +42,25 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _per_rank_batchnorm(monkeypatch, world_size: int) -> None:
+def _per_rank_batchnorm(world_size: int):
     """Run the one-process backbone on each rank's share of the batch separately.
 
     DDP (like arcface_torch, and as SyncBatchNorm is CUDA-only) normalises each
     rank's slice of the batch with that slice's statistics; this is the
     one-process computation with the same BatchNorm behaviour.
     """
-    build = trainer.backbone_from_config
-
-    def backbone_from_config(cfg):
-        model = build(cfg)
+    def build_backbone(cfg):
+        model = backbone_from_config(cfg)
         forward = model.forward
         model.forward = lambda x: torch.cat([forward(part) for part in x.chunk(world_size)])
         return model
 
-    monkeypatch.setattr(trainer, "backbone_from_config", backbone_from_config)
+    return build_backbone
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_reshard(tiny_recipe, tmp_path, monkeypatch, one_thread):
+def test_two_processes_match_one_process_and_reshard(tiny_recipe, tmp_path, one_thread):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "fpr_plugin.train", str(tiny_recipe), "--loss", "fpr_penalty",
@@ -70,9 +69,9 @@ def test_two_processes_match_one_process_and_reshard(tiny_recipe, tmp_path, monk
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
 
-    _per_rank_batchnorm(monkeypatch, 2)
     one = tmp_path / "one"
-    trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]))
+    trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]),
+                  build_backbone=_per_rank_batchnorm(2))
     reference = _losses(one)
     assert len(reference) == 5
     assert _losses(two) == pytest.approx(reference, rel=1e-4)
@@ -87,7 +86,8 @@ def test_two_processes_match_one_process_and_reshard(tiny_recipe, tmp_path, monk
     merged = tmp_path / "merged"
     shutil.copytree(saved[3].folder, merged / CHECKPOINT_DIR / saved[3].folder.name)
     summary = trainer.train(
-        load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={merged}", "resume=True"])
+        load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={merged}", "resume=True"]),
+        build_backbone=_per_rank_batchnorm(2),
     )
     assert summary["resumed_from"] == 3
     assert _losses(merged) == pytest.approx(reference[3:], rel=1e-4)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.train import trainer
 from fpr_plugin.train.config import load_config
 
@@ -71,29 +72,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _per_rank_batchnorm(monkeypatch, world_size: int) -> None:
+def _per_rank_batchnorm(world_size: int):
     """The one-process backbone run on each rank's share of the batch separately (BatchNorm per rank, as DDP)."""
-    build = trainer.backbone_from_config
-
-    def backbone_from_config(cfg):
-        model = build(cfg)
+    def build_backbone(cfg):
+        model = backbone_from_config(cfg)
         forward = model.forward
         model.forward = lambda x: torch.cat([forward(part) for part in x.chunk(world_size)])
         return model
 
-    monkeypatch.setattr(trainer, "backbone_from_config", backbone_from_config)
+    return build_backbone
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_nodes_match_one_process_and_resume_after_a_node_dies(tiny_recipe, tmp_path, monkeypatch, one_thread):
+def test_two_nodes_match_one_process_and_resume_after_a_node_dies(tiny_recipe, tmp_path, one_thread):
     # 2 nodes x 2 processes = 4 ranks: 4 samples and 2 of the 8 classes each
     nodes = tmp_path / "nodes"
     for code, log in launch_two_nodes(tiny_recipe, nodes):
         assert code == 0, log[-4000:]
-    _per_rank_batchnorm(monkeypatch, 4)
     one = tmp_path / "one"
-    trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]))
+    trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]),
+                  build_backbone=_per_rank_batchnorm(4))
     reference = _losses(one)
     assert len(reference) == 5
     uninterrupted = _losses(nodes)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from fpr_plugin.model_file import non_finite_entry
 from fpr_plugin.train import trainer
 from fpr_plugin.train.checkpoint import latest_checkpoint, load_file
 from fpr_plugin.train.config import load_config
@@ -28,8 +31,8 @@ def _patch_training_loss(monkeypatch, at_call: int, action):
     """Make the head's training_loss misbehave at its ``at_call``-th call (1-based)."""
     build = trainer.build_model
 
-    def build_model(cfg, device="cpu"):
-        backbone, head, loss = build(cfg, device)
+    def build_model(cfg, device="cpu", build_backbone=None):
+        backbone, head, loss = build(cfg, device, build_backbone)
         original, calls = head.training_loss, [0]
 
         def training_loss(embeddings, labels):
@@ -66,8 +69,10 @@ def test_outputs_and_checkpoint_contents(tiny_recipe, tmp_path):
     found = latest_checkpoint(out)
     assert (found.global_step, found.world_size) == (6, 1)
     state = load_file(found.rank_file(0))  # weights_only=True
-    for key in ("backbone", "head", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "sampler", "config"):
+    for key in ("backbone", "head", "optimizer", "scaler", "epoch", "step", "rng", "config"):
         assert key in state, key
+    for key in ("format", "sampler", "scheduler"):  # dead state: never read back
+        assert key not in state, key
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)  # 4 steps per epoch
     assert state["config"]["loss"] == "fpr_penalty" and state["config"]["num_classes"] == 8
     model = torch.load(out / "model.pt", weights_only=True)
@@ -108,6 +113,75 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_recip
     found = latest_checkpoint(out)
     assert found.global_step == 5 and load_file(found.rank_file(0))["global_step"] == 5
     assert (out / "model.pt").is_file()
+    # the kept checkpoint is finite and resumes (the recipe's sane lr 0.1) to the end with finite losses
+    assert non_finite_entry(load_file(found.rank_file(0))) is None
+    monkeypatch.undo()
+    summary = trainer.train(_cfg(tiny_recipe, out, "cosface", "save_every=5", "resume=True"))
+    assert (summary["resumed_from"], summary["global_step"]) == (5, 16)
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 17)) and all(math.isfinite(v) for v in losses.values())
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_a_finite_resumable_checkpoint(tiny_recipe, tmp_path):
+    out = tmp_path / "diverged"
+    sets = ("lr=1e6", "save_every=1", "max_steps=12")
+    with pytest.raises(trainer.NonFiniteLossError) as stopped:
+        trainer.train(_cfg(tiny_recipe, out, "cosface", *sets))
+    match = re.search(r"training diverged: non-finite .* at epoch \d+, step \d+ of the epoch, global step (\d+); "
+                      r"the last good checkpoint is (\S+step_(\d+)\S+\.pt);", str(stopped.value))
+    assert match, stopped.value
+    step, last_good, kept = int(match.group(1)), Path(match.group(2)), int(match.group(3))
+    assert 1 < step < 12 and kept == step - 1  # a save every step: the one before the divergence is kept
+    found = latest_checkpoint(out)
+    assert found.global_step == kept and found.rank_file(0) == last_good
+    assert non_finite_entry(load_file(last_good)) is None  # weights, optimizer, everything in it
+    assert non_finite_entry(torch.load(out / "model.pt", weights_only=True)) is None
+    assert "--resume would repeat these steps" in str(stopped.value)
+
+    # --resume loads it, and the same settings diverge again at the same step (the run is deterministic)
+    with pytest.raises(trainer.NonFiniteLossError, match=f"global step {step}; the last good checkpoint is {last_good}"):
+        trainer.train(_cfg(tiny_recipe, out, "cosface", *sets, "resume=True"))
+    assert f"resumed from {found.folder} (world size 1): " in (out / "training.log").read_text()
+    assert latest_checkpoint(out).global_step == kept
+
+
+def test_overflowing_batchnorm_statistics_stop_the_step_that_overflows(tiny_recipe, tmp_path, monkeypatch):
+    """Running statistics are checked each step too, not only when a checkpoint is about to be written."""
+    seen = {}
+    original = trainer.backward_and_step
+
+    def backward_and_step(loss, optimizer, scaler, backbone, grad_clip=None, before_step=None):
+        original(loss, optimizer, scaler, backbone, grad_clip, before_step)
+        seen["calls"] = seen.get("calls", 0) + 1
+        if seen["calls"] == 3:
+            next(m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("inf"))
+
+    monkeypatch.setattr(trainer, "backward_and_step", backward_and_step)
+    out = tmp_path / "bn"
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match=r"weights or buffers after the step at epoch 0, step 3 of the epoch, global step 3; "
+                             r"the last good checkpoint is .*step_00000002"):
+        trainer.train(_cfg(tiny_recipe, out, "cosface", "save_every=2"))
+    assert latest_checkpoint(out).global_step == 2
+
+
+def test_checkpoints_with_the_old_dead_entries_still_resume(tiny_recipe, tmp_path):
+    reference = tmp_path / "reference"
+    trainer.train(_cfg(tiny_recipe, reference, "cosface", "max_steps=4"))
+    out = tmp_path / "old"
+    trainer.train(_cfg(tiny_recipe, out, "cosface", "max_steps=2"))
+    path = latest_checkpoint(out).rank_file(0)
+    state = load_file(path)
+    # what earlier versions also wrote, and nothing read back
+    state.update(format=1, sampler={"num_samples": 64, "global_batch": 16, "world_size": 1, "rank": 0, "seed": 0,
+                                    "random_flip": True},
+                 scheduler={"global_step": 2, "base_lr": 0.1, "steps_per_epoch": 4, "lr_steps": [3.0],
+                            "lr_decay": 0.1, "warmup_epoch": 0.0})
+    torch.save(state, path)
+    summary = trainer.train(_cfg(tiny_recipe, out, "cosface", "max_steps=4", "resume=True"))
+    assert (summary["resumed_from"], summary["global_step"]) == (2, 4)
+    expected, got = _losses(reference), _losses(out)
+    assert [got[s] for s in range(1, 5)] == pytest.approx([expected[s] for s in range(1, 5)], rel=1e-6, abs=1e-7)
 
 
 def test_resume_refuses_another_recipe_setting(tiny_recipe, tmp_path):
@@ -136,3 +210,20 @@ def test_head_initialisation_does_not_depend_on_sharding():
         trainer.init_head_rows(shard, start, seed=5, std=0.01)
         assert torch.equal(shard, full[start:end])
     assert 0.009 < full.std().item() < 0.011
+
+
+def test_build_model_draws_the_head_once_from_its_own_seeds(tiny_recipe, tmp_path):
+    from fpr_plugin.backbones import backbone_from_config
+
+    cfg = _cfg(tiny_recipe, tmp_path / "o", "cosface", "num_classes=8", "seed=3")
+    torch.manual_seed(3)
+    backbone_from_config(cfg)
+    after_backbone = torch.get_rng_state()
+    backbone, head, _ = trainer.build_model(cfg)
+    assert torch.equal(torch.get_rng_state(), after_backbone)  # the head drew nothing from the global generator
+    expected = torch.empty(8, 16)
+    trainer.init_head_rows(expected, 0, seed=3, std=cfg.head_init_std)
+    assert torch.equal(head.weight.detach(), expected)
+    built = []
+    trainer.build_model(cfg, build_backbone=lambda c: built.append(c) or torch.nn.Identity())
+    assert built == [cfg]
