@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.cli_errors import UserError
 from fpr_plugin.data.dataset import RecordSet
-from fpr_plugin.train.checkpoint import NonFiniteStateError, TrainState
+from fpr_plugin.train.checkpoint import CompleteCheckpoint, NonFiniteStateError, TrainState
 from fpr_plugin.train.config import to_plain
 from fpr_plugin.train.environment import (
     RunEnvironment,
@@ -252,8 +252,7 @@ class _Run:
                                 steps_per_epoch=steps_per_epoch)
         self.model = _data_parallel(backbone, env)
         self.group_meter = GroupFprMeter.from_groups(records.groups, cfg.num_classes, env.device)
-        self.resumed_from: int | None = None
-        self.resume_note = ""  # logged once training.log is open
+        self.resumed: CompleteCheckpoint | None = None  # the checkpoint this run resumed from
         self.last_lr = float("nan")
 
     # ---- set-up: the output folder, then a fresh start or a resume -----------------------------
@@ -275,10 +274,7 @@ class _Run:
             self.logger.info("initialised the backbone from init_backbone %s", cfg.init_backbone)
         if found is None or found.world_size != self.env.world_size:  # no saved RNG states for this rank
             seed_rngs(derive_seed(cfg.seed, 2, self.env.rank, state.global_step))
-        if found is not None:
-            self.resumed_from = state.global_step
-            self.resume_note = (f"resumed from {found.folder} (world size {found.world_size}): epoch {state.epoch}, "
-                                f"step {state.step_in_epoch}, global step {state.global_step}")
+        self.resumed = found
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -322,7 +318,7 @@ class _Run:
         summary = {
             "output": str(self.output), "global_step": state.global_step, "total_steps": self.total_steps,
             "steps_per_epoch": self.sampler.steps_per_epoch, "epoch": state.epoch, "last_loss": last_loss,
-            "world_size": self.env.world_size, "resumed_from": self.resumed_from,
+            "world_size": self.env.world_size, "resumed_from": self.resumed and self.resumed.global_step,
             "checkpoint": str(state.last_saved) if state.last_saved else None,
             "seconds": time.perf_counter() - start,
         }
@@ -392,8 +388,9 @@ class _Run:
             self.sampler.steps_per_epoch, cfg.num_epoch, self.total_steps - self.state.global_step, cfg.batch_size,
             env.world_size, self.sampler.local_batch, env.device, env.backend or "none",
         )
-        if self.resume_note:
-            self.logger.info("%s", self.resume_note)
+        if self.resumed is not None:  # training.log is open now
+            self.logger.info("resumed from %s (world size %d): epoch %d, step %d, global step %d", self.resumed.folder,
+                             self.resumed.world_size, self.state.epoch, self.state.step_in_epoch, self.state.global_step)
         if cfg.get("loss_params_skipped"):
             self.logger.info("loss_params %s are not parameters of %s: not passed to it",
                              ", ".join(cfg.loss_params_skipped), cfg.loss)
