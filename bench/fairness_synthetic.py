@@ -53,6 +53,12 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cosface": ("cosface", ("loss_params.stats_gamma_u=1e-4",)),
     "fpr a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4")),
     "tface": ("fpr_penalty_tface", ()),
+    # impostor pairs of the batch instead of class weights (negatives="pairs", not in the paper); a batch of
+    # 128 has ~8,100 impostor pairs, so gamma_u 1e-2 (k ~ 81) where 1e-4 would leave k = 1
+    "fpr pairs a0.1 g1e-2": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-2",
+                                             "loss_params.negatives=pairs")),
+    "fpr pairs a1 g1e-2": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-2",
+                                           "loss_params.negatives=pairs")),
     "fpr emb a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4",
                                            "loss_params.penalty_grad=embeddings")),
     "fpr a1 g1e-4": ("fpr_penalty", ("loss_params.alpha=1.0", "loss_params.gamma_u=1e-4")),
