@@ -1,6 +1,6 @@
 """Evaluation report: ``report.json`` (every number), ``report.md`` (the paper's tables), PNG plots.
 
-The input is the nested dict built by :mod:`fpr_plugin.eval.cli`::
+The input is the nested dict of :meth:`fpr_plugin.eval.runner.Report.to_dict`::
 
     {"fprs": [...], "bias_degree": "std_over_f",
      "models": {label: {"model": path, "sha256": hex,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,53 +163,55 @@ def _save_figure(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+@dataclass(frozen=True)
+class CurvePlot:
+    """One kind of figure: which curve of the results, its axes, and where its legend goes."""
+
+    curve: str  # key of the curves in a protocol's results ("roc", "fpr_vs_threshold")
+    x: str
+    y: str
+    log_axis: str  # "x" or "y": the FPR axis, drawn in log scale (points at FPR 0 dropped)
+    xlabel: str
+    ylabel: str
+    legend: str
+    mark_thresholds: bool = False  # a dotted line at the threshold of every measurable target FPR
+
+
+#: ROC per group (log FPR axis), and each group's FPR against the global threshold
+PLOTS = (
+    CurvePlot("roc", "fpr", "tpr", "x", "false positive rate (group)", "true positive rate", "lower right"),
+    CurvePlot("fpr_vs_threshold", "threshold", "fpr", "y", "global similarity threshold", "group false positive rate",
+              "upper right", mark_thresholds=True),
+)
+
+
 def _panels(models: dict, dataset: str, protocol: str, curve: str) -> list[tuple[str, dict]]:
     """(model label, results) of every model that has ``curve`` for ``dataset``/``protocol``."""
     return [(label, m["datasets"][dataset][protocol]) for label, m in models.items()
             if (m["datasets"].get(dataset, {}).get(protocol) or {}).get(curve)]
 
 
-def plot_roc(models: dict, dataset: str, protocol: str, path: Path) -> bool:
-    """ROC per group (log FPR axis), one panel per model. Returns False when there is nothing to plot."""
-    panels = _panels(models, dataset, protocol, "roc")
+def plot_curves(models: dict, dataset: str, protocol: str, plot: CurvePlot, path: Path) -> bool:
+    """One panel per model with every group's curve; returns False when no model has the curve."""
+    panels = _panels(models, dataset, protocol, plot.curve)
     if not panels:
         return False
     fig, axes = _figure(len(panels))
     for ax, (label, data) in zip(axes, panels):
-        for group, curve in data["roc"].items():
-            fpr, tpr = np.asarray(curve["fpr"], float), np.asarray(curve["tpr"], float)
-            keep = fpr > 0
-            ax.plot(fpr[keep], tpr[keep], label=group)
-        ax.set_xscale("log")
-        ax.set_xlabel("false positive rate (group)")
+        for group, curve in data[plot.curve].items():
+            x, y = np.asarray(curve[plot.x], float), np.asarray(curve[plot.y], float)
+            keep = (x if plot.log_axis == "x" else y) > 0
+            ax.plot(x[keep], y[keep], label=group)
+        if plot.mark_thresholds:
+            for r in data["at_fpr"]:
+                if r["measurable"]:
+                    ax.axvline(r["threshold"], color="grey", lw=0.6, ls=":")
+        (ax.set_xscale if plot.log_axis == "x" else ax.set_yscale)("log")
+        ax.set_xlabel(plot.xlabel)
         ax.set_title(f"{label}: {dataset} ({protocol})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("true positive rate")
-    _save_figure(fig, path)
-    return True
-
-
-def plot_fpr_vs_threshold(models: dict, dataset: str, protocol: str, path: Path) -> bool:
-    """Each group's FPR against the global threshold (log FPR), with the thresholds at the target FPRs marked."""
-    panels = _panels(models, dataset, protocol, "fpr_vs_threshold")
-    if not panels:
-        return False
-    fig, axes = _figure(len(panels))
-    for ax, (label, data) in zip(axes, panels):
-        for group, curve in data["fpr_vs_threshold"].items():
-            thr, fpr = np.asarray(curve["threshold"], float), np.asarray(curve["fpr"], float)
-            keep = fpr > 0
-            ax.plot(thr[keep], fpr[keep], label=group)
-        for r in data["at_fpr"]:
-            if r["measurable"]:
-                ax.axvline(r["threshold"], color="grey", lw=0.6, ls=":")
-        ax.set_yscale("log")
-        ax.set_xlabel("global similarity threshold")
-        ax.set_title(f"{label}: {dataset} ({protocol})")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
-    axes[0].set_ylabel("group false positive rate")
+        ax.legend(fontsize=8, loc=plot.legend)
+    axes[0].set_ylabel(plot.ylabel)
     _save_figure(fig, path)
     return True
 
@@ -224,9 +227,9 @@ def write_report(report: dict, output_dir: str | Path) -> dict[str, Path]:
     datasets = list(dict.fromkeys(d for m in models.values() for d in m["datasets"]))
     for dataset in datasets:
         for protocol in ("pairs", "dense"):
-            for kind, plot in (("roc", plot_roc), ("fpr_vs_threshold", plot_fpr_vs_threshold)):
-                name = f"{dataset}_{protocol}_{kind}.png"
-                if plot(models, dataset, protocol, output_dir / name):
+            for plot in PLOTS:
+                name = f"{dataset}_{protocol}_{plot.curve}.png"
+                if plot_curves(models, dataset, protocol, plot, output_dir / name):
                     figures.setdefault(dataset, []).append(name)
                     written[name] = output_dir / name
     atomic_write(output_dir / "report.json", lambda tmp: _write_text(tmp, json.dumps(report, indent=1, allow_nan=False)))

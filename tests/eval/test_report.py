@@ -7,7 +7,7 @@ import pytest
 
 from fpr_plugin.eval import cache, metrics
 from fpr_plugin.eval.evaluate import evaluate_dense, evaluate_pairs
-from fpr_plugin.eval.protocols import PairList
+from fpr_plugin.eval.sets import PairList
 from fpr_plugin.eval.report import render_markdown, to_jsonable, write_report
 
 
@@ -101,3 +101,19 @@ def test_file_sha256(tmp_path):
     p = tmp_path / "m.onnx"
     p.write_bytes(b"x" * 3_000_000)
     assert cache.file_sha256(p, block_size=4096) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+def test_plot_curves_draws_one_panel_per_model_and_skips_missing_curves(tmp_path, report):
+    from fpr_plugin.eval.report import PLOTS, plot_curves
+
+    models = to_jsonable(report)["models"]
+    assert [p.curve for p in PLOTS] == ["roc", "fpr_vs_threshold"]
+    assert plot_curves(models, "rfw", "pairs", PLOTS[0], tmp_path / "two.png")
+    one = {"cosface": models["cosface"]}
+    assert plot_curves(one, "rfw", "dense", PLOTS[1], tmp_path / "one.png")
+    two, single = matplotlib.image.imread(tmp_path / "two.png"), matplotlib.image.imread(tmp_path / "one.png")
+    assert two.shape[1] == 2 * single.shape[1] and two.shape[0] == single.shape[0]  # 5.0 in wide per panel
+    assert not plot_curves(models, "lfw", "pairs", PLOTS[0], tmp_path / "none.png")
+    assert not plot_curves({"x": {"datasets": {"rfw": {"pairs": None}}}}, "rfw", "pairs", PLOTS[1],
+                           tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
