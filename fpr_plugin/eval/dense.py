@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from fpr_plugin.eval.metrics import _check_fpr, fairness_at_threshold, rank_at_fpr
+from fpr_plugin.eval.metrics import check_fpr, fairness_at_threshold, rank_at_fpr
 
 DEFAULT_FPRS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -174,7 +174,7 @@ def dense_fairness(embeddings: Any, identities: Any, groups: Any, fprs: Sequence
     Memory: one ``chunk_size x chunk_size`` tile plus a buffer of about
     ``2 * max(fprs) * #impostors`` candidates.
     """
-    fprs = [_check_fpr(f, "fprs") for f in fprs]
+    fprs = [check_fpr(f, "fprs") for f in fprs]
     if not fprs:
         raise ValueError("fprs must hold at least one target FPR")
     if chunk_size < 1:

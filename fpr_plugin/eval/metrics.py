@@ -68,7 +68,8 @@ def _check_groups(groups: Any, n: int, name: str = "groups") -> np.ndarray:
     return arr
 
 
-def _check_fpr(fpr: float, name: str = "fpr") -> float:
+def check_fpr(fpr: float, name: str = "fpr") -> float:
+    """A target FPR as a float in (0, 1); ValueError naming ``name`` otherwise."""
     f = float(fpr)
     if not 0.0 < f < 1.0:
         raise ValueError(f"{name} must be in (0, 1), got {fpr!r}")
@@ -126,7 +127,7 @@ def roc_at_fprs(fpr: np.ndarray, tpr: np.ndarray, grid: Sequence[float]) -> np.n
 # --------------------------------------------------------------------------- threshold at FPR
 def rank_at_fpr(fpr: float, n_impostor: int) -> int:
     """``k = floor(fpr * n_impostor)``: how many impostors may be accepted at overall FPR ``fpr``."""
-    f = _check_fpr(fpr)
+    f = check_fpr(fpr)
     if n_impostor < 1:
         raise ValueError(f"n_impostor must be >= 1, got {n_impostor}")
     # the tiny relative slack keeps e.g. 0.29 * 100 from flooring to 28
@@ -300,7 +301,7 @@ def bias_summaries(group_fpr: Any, fpr: float) -> dict:
     ``std_over_f`` (the bias degree), ``max_min_ratio`` and ``gini``; a value is
     None where undefined (with a reason in ``notes``).
     """
-    f = _check_fpr(fpr)
+    f = check_fpr(fpr)
     v = np.asarray(group_fpr, dtype=np.float64)
     if v.ndim != 1 or v.shape[0] < 2:
         raise ValueError(f"group_fpr needs >= 2 groups, got shape {v.shape}")
@@ -327,7 +328,7 @@ def fairness_at_threshold(counts: Mapping[str, Mapping[str, int]], fpr: float, t
     ``LOW_COUNT_EXPECTED_FP`` expected false positives at ``fpr``. When
     ``fpr < 1 / n_impostor`` the result says it is not measurable and gives no summaries.
     """
-    f = _check_fpr(fpr)
+    f = check_fpr(fpr)
     groups, notes = {}, []
     total_fp = 0
     for name, c in counts.items():
