@@ -1,16 +1,16 @@
-"""Embedding cache: ``<output>/cache/<model sha256[:16]>_<dataset key>.npy``, written atomically.
+"""Embedding cache: ``<cache>/<model sha256[:16]>_<dataset key>.npy``, written atomically.
 
 The dataset key covers the image list's contents (bytes, or path + size + mtime
-of each file), so changed images are embedded again. What else shapes the
-report (e.g. which image sizes were resized) is kept beside it in a ``.json``.
+of each file, and the landmarks), so changed images are embedded again. The
+embeddings are the whole cached result: what else the report says about a set
+(its notes) comes from the loaded set itself, so a hit and a miss agree.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Callable, MutableMapping
+from typing import Callable
 
 import numpy as np
 
@@ -41,44 +41,22 @@ def save_array_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def _read_meta(path: Path) -> dict | None:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
 def cached_embeddings(cache_dir: str | os.PathLike, model_sha256: str, dataset_key: str,
-                      compute: Callable[[], np.ndarray], expected_rows: int,
-                      meta: MutableMapping | None = None,
-                      meta_of: Callable[[], dict] | None = None) -> tuple[np.ndarray, bool]:
+                      compute: Callable[[], np.ndarray], expected_rows: int) -> tuple[np.ndarray, bool]:
     """Load the cached embeddings, or ``compute()`` and cache them; returns ``(embeddings, was_cached)``.
 
-    A cached file with the wrong number of rows, non-finite values (a stale,
-    foreign or damaged file) is recomputed. With ``meta_of``, what it returns
-    after ``compute()`` is cached beside the embeddings and, on a hit, copied
-    into ``meta`` (a hit without it is recomputed).
+    A cached file with the wrong number of rows or non-finite values (a stale,
+    foreign or damaged file) is recomputed.
     """
     path = cache_path(cache_dir, model_sha256, dataset_key)
-    meta_path = path.with_suffix(".json")
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError):  # not an .npy file: recompute
             cached = None
-        saved_meta = _read_meta(meta_path) if meta_of is not None else {}
         if (cached is not None and cached.ndim == 2 and cached.shape[0] == expected_rows
-                and saved_meta is not None and np.isfinite(cached).all()):
-            if meta is not None:
-                meta.update(saved_meta)
+                and np.isfinite(cached).all()):
             return cached, True
     embeddings = np.asarray(compute(), dtype=np.float32)
-    if meta_of is not None:
-        computed = meta_of()
-        if meta is not None:
-            meta.update(computed)
-        text = json.dumps(computed, sort_keys=True)
-        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     save_array_atomic(path, embeddings)
     return embeddings, False

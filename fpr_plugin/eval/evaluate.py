@@ -7,7 +7,7 @@ import numpy as np
 
 from fpr_plugin.eval import metrics
 from fpr_plugin.eval.dense import dense_fairness
-from fpr_plugin.eval.protocols import PairList
+from fpr_plugin.eval.sets.base import PairList
 
 #: points kept per compact curve in report.json (exact curve values at log-spaced FPRs)
 CURVE_POINTS = 200

@@ -1,5 +1,6 @@
 """fpr-eval end to end with a tiny linear ONNX model, checked against numpy; cache reuse; bad input."""
 import json
+import os
 
 import cv2
 import numpy as np
@@ -9,7 +10,7 @@ from insightface.utils import face_align
 from onnx import TensorProto, helper, numpy_helper
 
 from eval_fixtures import aligned_faces, write_bin
-from fpr_plugin.eval import cli, metrics
+from fpr_plugin.eval import cli, metrics, runner
 
 EMB = 16
 
@@ -111,7 +112,7 @@ def test_cache_is_reused_and_keyed_by_the_model_hash(tmp_path, model, monkeypatc
         def embed(self, *a, **k):
             raise AssertionError("embeddings should come from the cache")
 
-    monkeypatch.setattr(cli, "build_embedder", lambda p, args: Refuse())
+    monkeypatch.setattr(runner, "build_embedder", lambda *args: Refuse())
     assert _run("--model", path, "--bin", tmp_path / "lfw.bin", "--output", out, "--fpr", 0.1) == 0
     second = json.loads((out / "report.json").read_text())["models"]["tiny"]
     assert second["datasets"]["bin-lfw"]["embeddings_cached"] is True
@@ -178,3 +179,116 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, rfw_dir, model, capsys):
     assert _run("--model", path, "--bin", evil, "--output", out, "--fpr", 2) == 2
     assert "--fpr values must be in (0, 1)" in capsys.readouterr().err
     assert not (out / "report.json").exists()
+
+
+class _Refuse:
+    def embed(self, *a, **k):
+        raise AssertionError("embeddings should come from the cache")
+
+
+def test_a_cache_hit_gives_the_same_notes(tmp_path, bfw_dir, model, monkeypatch):
+    root, _ = bfw_dir
+    path, _ = model
+    out = tmp_path / "out"
+    argv = ("--model", path, "--bfw", root, "--output", out, "--fpr", 0.1, "--no-dense")
+    assert _run(*argv) == 0
+    first = json.loads((out / "report.json").read_text())["models"]["tiny"]["datasets"]["bfw"]
+    assert first["embeddings_cached"] is False
+    assert first["notes"] == ["images of size 108x124 were resized to 112x112 without alignment"]
+    monkeypatch.setattr(runner, "build_embedder", lambda *args: _Refuse())
+    assert _run(*argv) == 0
+    second = json.loads((out / "report.json").read_text())["models"]["tiny"]["datasets"]["bfw"]
+    assert second["embeddings_cached"] is True and second["notes"] == first["notes"]
+    assert "> images of size 108x124 were resized to 112x112 without alignment" in (out / "report.md").read_text()
+    assert not list((out / "cache").glob("*.json")), "nothing beside the embeddings"
+
+
+def _pairs_table(folder, faces, absolute=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, face in enumerate(faces):
+        cv2.imwrite(str(folder / f"{i}.png"), face)
+    name = (lambda i: str(folder / f"{i}.png")) if absolute else (lambda i: f"{i}.png")
+    rows = [f"{name(i)},{name(i + 1 if i % 4 == 0 else (i + 5) % len(faces))},{int(i % 4 == 0)},"
+            f"{'A' if i < len(faces) // 2 else 'B'}" for i in range(len(faces))]
+    (folder / "pairs.csv").write_text("path1,path2,issame,group\n" + "\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def test_changed_image_contents_are_embedded_again(tmp_path, model):
+    path, w = model
+    faces = aligned_faces(24, identities=[i // 2 for i in range(24)])
+    table = _pairs_table(tmp_path / "set", faces)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    argv = ("--model", path, "--pairs", table, "--fpr", 0.1)
+    assert _run(*argv, "--output", out) == 0
+    first = json.loads((out / "report.json").read_text())["models"]["tiny"]["datasets"]["pairs-pairs"]
+    image = tmp_path / "set" / "5.png"
+    before = image.stat()
+    cv2.imwrite(str(image), aligned_faces(1, seed=7, identities=[99])[0])  # same path, new bytes
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert _run(*argv, "--output", out) == 0
+    second = json.loads((out / "report.json").read_text())["models"]["tiny"]["datasets"]["pairs-pairs"]
+    assert second["embeddings_cached"] is False
+    assert second["pairs"]["fpr_vs_threshold"]["A"] != first["pairs"]["fpr_vs_threshold"]["A"]
+    assert _run(*argv, "--output", fresh) == 0
+    third = json.loads((fresh / "report.json").read_text())["models"]["tiny"]["datasets"]["pairs-pairs"]
+    assert third["pairs"] == second["pairs"], "the re-run equals a run into a fresh folder"
+    # the same bytes again, with only the modification time changed: still a new key (size + mtime)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 2 * 10**9))
+    assert _run(*argv, "--output", out) == 0
+    assert json.loads((out / "report.json").read_text())["models"]["tiny"]["datasets"]["pairs-pairs"][
+        "embeddings_cached"] is False
+
+
+def test_pairs_csv_with_absolute_paths_end_to_end(tmp_path, model, capsys):
+    path, w = model
+    faces = aligned_faces(24, identities=[i // 2 for i in range(24)])
+    table = _pairs_table(tmp_path / "set", faces, absolute=True)
+    moved = tmp_path / "elsewhere" / "pairs.csv"
+    moved.parent.mkdir()
+    table.rename(moved)  # absolute paths do not depend on where the CSV is
+    out = tmp_path / "out"
+    assert _run("--model", path, "--pairs", moved, "--output", out, "--fpr", 0.1) == 0
+    ds = json.loads((out / "report.json").read_text())["models"]["tiny"]["datasets"]["pairs-pairs"]
+    emb = numpy_embed(faces, w)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    a = [i for i in range(12)]
+    scores = np.array([emb[i] @ emb[i + 1 if i % 4 == 0 else (i + 5) % 24] for i in a])
+    fpr, tpr, _ = metrics.roc_curve(scores, np.array([i % 4 == 0 for i in a]))
+    assert ds["pairs"]["roc"]["A"]["auc"] == pytest.approx(metrics.auc(fpr, tpr))
+    capsys.readouterr()
+    moved.write_text(moved.read_text() + f"{tmp_path / 'set' / '0.png'},/nowhere/9.png,0,A\n")
+    assert _run("--model", path, "--pairs", moved, "--output", out, "--fpr", 0.1) == 2
+    err = capsys.readouterr().err
+    assert err == f"fpr-eval: error: {moved}:26: image /nowhere/9.png not found\n"
+
+
+def test_report_replaces_the_folder_as_a_whole(tmp_path, model, monkeypatch):
+    path, _ = model
+    write_bin(tmp_path / "lfw.bin", aligned_faces(40), [i % 2 == 0 for i in range(20)])
+    write_bin(tmp_path / "cfp.bin", aligned_faces(40, seed=3), [i % 2 == 0 for i in range(20)])
+    out = tmp_path / "out"
+    assert _run("--model", path, "--bin", tmp_path / "lfw.bin", tmp_path / "cfp.bin", "--output", out,
+                "--fpr", 0.1) == 0
+    assert (out / "bin-cfp_pairs_roc.png").is_file()
+    (out / "my_notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "x.txt").write_text("also mine")
+    monkeypatch.setattr(runner, "build_embedder", lambda *args: _Refuse())
+    assert _run("--model", path, "--bin", tmp_path / "lfw.bin", "--output", out, "--fpr", 0.1) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["bin-lfw_pairs_fpr_vs_threshold.png", "bin-lfw_pairs_roc.png", "cache", "mine",
+                     "my_notes.txt", "report.json", "report.md"], "the older run's cfp plots are gone"
+    assert (out / "my_notes.txt").read_text() == "mine" and (out / "mine" / "x.txt").read_text() == "also mine"
+    assert len(list((out / "cache").glob("*.npy"))) == 2, "both cached sets kept"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_output_holding_the_current_folder_is_refused(tmp_path, model, monkeypatch, capsys):
+    path, _ = model
+    write_bin(tmp_path / "lfw.bin", aligned_faces(40), [i % 2 == 0 for i in range(20)])
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "out" / "sub")
+    assert _run("--model", path, "--bin", tmp_path / "lfw.bin", "--output", tmp_path / "out") == 2
+    assert "holds the current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sub"]

@@ -6,7 +6,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 
 from fpr_plugin.eval import metrics
 from fpr_plugin.eval.evaluate import evaluate_dense, evaluate_pairs, l2_normalize
-from fpr_plugin.eval.protocols import PairList
+from fpr_plugin.eval.sets import PairList
 
 
 def _pair_data(seed=0, n_img=120, n_pairs=400):
