@@ -3,8 +3,8 @@
 Steps, each shown as it runs: (1) draw the synthetic demographic benchmark
 (:mod:`fpr_plugin.data.synthetic`); (2) train a CosFace baseline and the FPR
 penalty with the same recipe (``recipes/synthetic_demo.py``) and seed; (3) export
-both to ONNX; (4) evaluate both side by side with ``fpr-eval --compare`` on the
-RFW-layout pairs and the dense all-pairs set. Everything lands in one folder::
+both to ONNX; (4) evaluate both side by side (:func:`fpr_plugin.eval.evaluate_models`, as
+``fpr-eval --compare``) on the RFW-layout pairs and the dense all-pairs set. Everything lands in one folder::
 
     OUT/data/                 the benchmark (train record set, rfw/, dense/)
     OUT/runs/<loss>/          training output: config.json, model.pt, checkpoints, metrics.jsonl
@@ -28,7 +28,7 @@ from fpr_plugin.atomic import atomic_write
 DEFAULT_LOSSES = ("cosface", "fpr_penalty")
 #: Overall FPRs of the report: the demo's dense set has about 7e5 within-group impostor pairs, so lower
 #: rates rest on fewer than 10 false positives.
-REPORT_FPRS = ("1e-4", "1e-3", "1e-2")
+REPORT_FPRS = (1e-4, 1e-3, 1e-2)
 
 #: Recipe overrides per demo size: "tiny" is a smoke test of the pipeline (seconds), not a result. Its batches
 #: hold 32 x 25 negative cosines: gamma_u 1e-4 would give the threshold rank k = 1, where no entry lies strictly
@@ -76,6 +76,19 @@ def _train(recipe: Path, loss: str, rec: Path, output: Path, seed: int, override
     return train(cfg)
 
 
+def _evaluate(models: dict[str, Path], data: Path, report_dir: Path, progress: bool) -> None:
+    """Both models side by side: the RFW-layout pair lists and the dense all-pairs set, into ``report_dir``."""
+    from fpr_plugin.eval import ReportFolder, evaluate_models
+    from fpr_plugin.eval.sets import load_dense_csv, load_rfw
+
+    # RFW layout: the 10-fold pair lists (dense=False: its images are the dense set below, already aligned)
+    test_sets = [load_rfw(data / "rfw"), load_dense_csv(data / "dense" / "dense.csv")]
+    with ReportFolder(report_dir, "fpr-demo") as folder:
+        report = evaluate_models(models, test_sets, fprs=REPORT_FPRS, dense=False, cache_dir=folder.cache_dir,
+                                 progress=progress)
+        folder.publish(report)
+
+
 def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed: int = 0, design: str = "rare",
              losses: Sequence[str] = DEFAULT_LOSSES, recipe: str | os.PathLike | None = None,
              overrides: Sequence[str] = (), progress: bool = True) -> dict:
@@ -115,17 +128,9 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed
         print(f"{models[loss]}: {json.dumps(report.get('checks', {}))}", flush=True)
     timings["export_s"] = time.perf_counter() - t0
 
-    _stage(4, 4, f"evaluation (fpr-eval --compare) -> {out / 'report'}")
-    from fpr_plugin.eval.cli import main as eval_main
-
+    _stage(4, 4, f"evaluation (as fpr-eval --compare) -> {out / 'report'}")
     t0 = time.perf_counter()
-    # RFW layout: the 10-fold pair lists (--no-dense: the same images are the dense set below, already aligned)
-    argv = ["--compare", *[str(models[loss]) for loss in losses], "--rfw", str(out / "data" / "rfw"), "--no-dense",
-            "--dense", str(out / "data" / "dense" / "dense.csv"), "--fpr", *REPORT_FPRS,
-            "--output", str(out / "report")]
-    code = eval_main(argv)
-    if code != 0:
-        raise RuntimeError(f"fpr-eval {' '.join(argv)} exited with status {code}")
+    _evaluate(models, out / "data", out / "report", progress)
     timings["eval_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 

@@ -18,8 +18,15 @@ GROUPS = {"Common1", "Common2", "Common3", "Rare"}
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory) -> tuple[Path, dict]:
+    from fpr_plugin.eval import cli
+
+    def no_cli(*args, **kwargs):
+        raise AssertionError("the demo calls fpr_plugin.eval.evaluate_models, not the fpr-eval command line")
+
     out = tmp_path_factory.mktemp("demo") / "out"
-    summary = demo.run_demo(out, size="tiny", seed=1, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "main", no_cli)
+        summary = demo.run_demo(out, size="tiny", seed=1, progress=False)
     return out, summary
 
 
@@ -75,6 +82,8 @@ def test_report_has_every_group_for_both_models(tiny_demo):
         assert measured and all(set(entry["groups"]) == GROUPS for entry in measured)
     assert "Rare" in (out / "report" / "report.md").read_text()
     assert list((out / "report").glob("*.png"))
+    assert sorted(p.name for p in out.rglob(".*")) == [], "no lock, temporary or partial folder left"
+    assert list((out / "report" / "cache").glob("*.npy")), "embeddings cached beside the report"
     assert set(summary["timings"]) >= {"data_s", "train_cosface_s", "train_fpr_penalty_s", "export_s", "eval_s"}
     assert json.loads((out / "demo.json").read_text())["paths"]["report"] == str(out / "report")
 
