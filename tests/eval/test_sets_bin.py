@@ -117,3 +117,11 @@ def test_bin_with_unaligned_images_is_refused(tmp_path):
         pickle.dump(([jpeg] * 20, [True, False] * 5), handle, protocol=2)
     with pytest.raises(ValueError, match=r"small\.bin, image #0 is 50x50; expected an aligned 112x112 face"):
         binfile.load_bin(path)
+
+
+def test_rfw_bin_missing_races_are_noted(tmp_path, capsys):
+    write_bin(tmp_path / "Asian_test.bin", aligned_faces(40), [i % 2 == 0 for i in range(20)])
+    s = binfile.load_rfw_bin(tmp_path)
+    assert s.notes == [f"RFW in {tmp_path} lacks the race(s) African, Caucasian, Indian (<Race>_test.bin not "
+                       "found): the report covers 1 of the 4 groups, so its bias figures are not RFW's"]
+    assert "fpr-eval: warning: RFW in" in capsys.readouterr().err

@@ -119,3 +119,19 @@ def test_cache_key_changes_with_the_image_list(rfw_dir):
     fields[2] = str(float(fields[2]) + 1.0)  # one landmark moves
     lmk.write_text("\n".join([" ".join(fields)] + lines[1:]) + "\n")
     assert rfw.load_rfw(root).cache_key() != a
+
+
+def test_missing_races_are_warned_and_noted(rfw_dir, capsys):
+    root, _ = rfw_dir
+    s = rfw.load_rfw(root)
+    assert len(s.notes) == 1 and "lacks the race(s) Caucasian, Indian" in s.notes[0]
+    assert "covers 2 of the 4 groups" in s.notes[0]
+    assert f"fpr-eval: warning: {s.notes[0]}" in capsys.readouterr().err
+    assert rfw.load_rfw(root, races=["African", "Asian"]).notes == [], "races chosen on purpose: no warning"
+
+
+def test_other_groups_in_the_rfw_layout_are_not_rfw_with_missing_races(tmp_path, capsys):
+    write_rfw(tmp_path / "r", races=("Common1", "Rare"))
+    s = rfw.load_rfw(tmp_path / "r")
+    assert list(dict.fromkeys(s.pairs.groups)) == ["Common1", "Rare"] and s.notes == []
+    assert "warning" not in capsys.readouterr().err

@@ -112,7 +112,9 @@ def load_rfw(root: str | Path, races: Sequence[str] | None = None, n_folds: int 
     index: dict[tuple[str, str], int] = {}
     rows = []
     chosen = _rfw_races(txts, races)
-    missing = [r for r in RFW_RACES if r not in chosen] if races is None else []
+    # some of RFW's races but not all: warned; a folder of other groups in RFW's layout is not RFW
+    rfw_like = races is None and any(r in chosen for r in RFW_RACES)
+    missing = [r for r in RFW_RACES if r not in chosen] if rfw_like else []
     notes = [missing_races_note(txts, missing, "txts/<Race>/<Race>_pairs.txt")] if missing else []
     for race in chosen:
         lmk_file, pairs_file = txts / race / f"{race}_lmk.txt", txts / race / f"{race}_pairs.txt"
