@@ -149,8 +149,9 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fpr-demo [--output DIR] [--size demo|tiny] [--seed S]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fpr-demo`` argument parser."""
+    from fpr_plugin.cli_errors import add_debug_flag
     from fpr_plugin.data.synthetic import DESIGNS
 
     parser = argparse.ArgumentParser(prog="fpr-demo", description=__doc__.split("\n\n")[0])
@@ -167,12 +168,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for every training run (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars while drawing the data")
-    args = parser.parse_args(argv)
-    try:
-        run_demo(args.output, size=args.size, seed=args.seed, design=args.design, losses=args.losses,
-                 recipe=args.recipe, overrides=args.overrides, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(2, f"fpr-demo: error: {error}\n")
+    return add_debug_flag(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fpr-demo [--output DIR] [--size demo|tiny] [--seed S]``; exit 2 and one line on bad input (as every CLI)."""
+    from fpr_plugin.cli_errors import run_cli
+
+    return run_cli("fpr-demo", _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    run_demo(args.output, size=args.size, seed=args.seed, design=args.design, losses=args.losses,
+             recipe=args.recipe, overrides=args.overrides, progress=not args.quiet)
     return 0
 
 

@@ -112,3 +112,11 @@ def test_rerun_reuses_matching_data_only(tiny_demo, tmp_path):
     (other / "synthetic.json").write_text(json.dumps({"seed": 2, "design": "rare", "size_name": "tiny"}))
     assert demo._prepare_data(other, 1, "tiny", "rare", progress=False)["seed"] == 1, "other seed: drawn again"
     assert (other / "train" / "train.rec").is_file()
+
+
+def test_cli_bad_input_is_one_line_with_exit_2(tmp_path, capsys):
+    assert demo.main(["--size", "tiny", "--output", str(tmp_path / "out"), "--recipe", str(tmp_path / "nope.py")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fpr-demo: error: demo recipe {tmp_path / 'nope.py'} not found (pass --recipe PATH)\n"
+    assert demo.main(["--size", "tiny", "--losses", "cosface", "cosface", "--output", str(tmp_path / "o")]) == 2
+    assert "losses must be distinct loss names" in capsys.readouterr().err
