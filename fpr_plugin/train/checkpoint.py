@@ -31,6 +31,7 @@ from fpr_plugin.cli_errors import UserError
 from fpr_plugin.model_file import non_finite_entry, write_model_and_config
 from fpr_plugin.train.environment import RunEnvironment, all_ranks
 from fpr_plugin.train.monitor import get_logger
+from fpr_plugin.train.schema import RESUMABLE_KEYS  # keys a resume may change: the schema's ``resumable`` ones
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -58,24 +59,6 @@ CHECKPOINT_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _RANK_FILE = re.compile(r"^rank_(\d+)_of_(\d+)\.pt$")
 
-# Keys that may differ between a checkpoint and the run resuming it: they do
-# not change the trajectory (paths, logging, how often to save, where to stop).
-RESUMABLE_KEYS = frozenset(
-    {
-        "resume",
-        "output",
-        "rec",
-        "num_workers",
-        "frequent",
-        "save_every",
-        "keep_checkpoints",
-        "max_steps",
-        "tensorboard",
-        "loss_params_skipped",
-        # read only when a run starts fresh; on resume the checkpoint's weights win
-        "init_backbone",
-    }
-)
 
 
 class CheckpointError(UserError):

@@ -389,27 +389,7 @@ def fill_from_records(cfg: EasyDict) -> EasyDict:
     Raises FileNotFoundError naming the folder and the files expected in it;
     ValueError when a set value contradicts the record set.
     """
-    rec = Path(cfg.rec) if cfg.rec else None
-    needed = ("train.rec", "train.idx", "property")
-    if rec is None or not rec.is_dir():
-        raise FileNotFoundError(
-            f"record folder rec={cfg.rec!r} does not exist; expected a folder with {', '.join(needed)} "
-            "(set it with --set rec=/path/to/folder)"
-        )
-    missing = [name for name in needed if not (rec / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"record folder {str(rec)!r} lacks {', '.join(missing)}")
-    from fpr_plugin.data.dataset import RecordDataset
+    from fpr_plugin.data.dataset import RecordSet
 
-    dataset = RecordDataset(str(rec), random_flip=False)
-    if cfg.num_classes is None:
-        cfg.num_classes = int(dataset.num_classes)
-    elif cfg.num_classes < dataset.num_classes:
-        raise ValueError(
-            f"num_classes={cfg.num_classes} is smaller than the {dataset.num_classes} classes of {str(rec)!r}"
-        )
-    if cfg.num_image is None:
-        cfg.num_image = int(len(dataset))
-    elif cfg.num_image > len(dataset):
-        raise ValueError(f"num_image={cfg.num_image} exceeds the {len(dataset)} images of {str(rec)!r}")
+    cfg.num_classes, cfg.num_image = RecordSet.open(cfg.rec).resolve_counts(cfg.num_classes, cfg.num_image)
     return cfg

@@ -172,9 +172,11 @@ def test_an_empty_recipe_gets_the_base_values(tmp_path):
 def test_resumable_keys_come_from_the_schema():
     from fpr_plugin.train import checkpoint, schema
 
-    assert schema.RESUMABLE_KEYS == checkpoint.RESUMABLE_KEYS
+    assert checkpoint.RESUMABLE_KEYS is schema.RESUMABLE_KEYS  # one definition
     # paths, logging, saving and where to stop may change; anything shaping the trajectory may not
-    assert {"output", "rec", "resume", "max_steps", "init_backbone", "frequent"} <= schema.RESUMABLE_KEYS
+    assert schema.RESUMABLE_KEYS == {"resume", "output", "rec", "num_workers", "frequent", "save_every",
+                                     "keep_checkpoints", "max_steps", "tensorboard", "loss_params_skipped",
+                                     "init_backbone"}
     assert not {"lr", "seed", "batch_size", "loss", "loss_params", "network", "num_classes"} & schema.RESUMABLE_KEYS
 
 
