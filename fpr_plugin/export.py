@@ -2,7 +2,8 @@
 
 The graph takes ``data`` ``[N, 3, 112, 112]`` float RGB already normalised as
 ``(pixel - 127.5) / 127.5`` (insightface's convention for graphs without
-Sub/Mul input nodes) and returns one embedding ``[N, D]`` (not L2-normalised).
+Sub/Mul input nodes, :mod:`fpr_plugin.face_input`) and returns one embedding
+``[N, D]`` (not L2-normalised).
 The model is read with :mod:`fpr_plugin.model_file` (``model.pt`` with
 ``config.json`` beside it, a full checkpoint, or a bare arcface_torch
 ``backbone.pth``). Before the file appears under its final name it passes the
@@ -24,16 +25,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from fpr_plugin.export_checks import (
-    DEFAULT_TOLERANCE,
-    IMAGE_SIZE,
-    INPUT_MEAN,
-    INPUT_NAME,
-    INPUT_STD,
-    OUTPUT_NAME,
-    ExportCheckError,
-    verify_onnx,
-)
+from fpr_plugin.export_checks import DEFAULT_TOLERANCE, ExportCheckError, verify_onnx
+from fpr_plugin.face_input import IMAGE_SIZE, INPUT_MEAN, INPUT_NAME, INPUT_STD, INSIGHTFACE, OUTPUT_NAME
 from fpr_plugin.model_file import build_model, check_state_dict, load_checkpoint
 
 __all__ = [
@@ -67,9 +60,7 @@ def _metadata(config: Mapping[str, Any], recipe: str | os.PathLike | None) -> di
         "loss_params": json.dumps(dict(config.get("loss_params") or {}), sort_keys=True, default=str),
         "recipe": str(recipe_name),
         "input_name": INPUT_NAME,
-        "input_color": "RGB",
-        "input_mean": str(INPUT_MEAN),
-        "input_std": str(INPUT_STD),
+        **INSIGHTFACE.metadata(),  # input_mean, input_std, input_color: read back by fpr_plugin.eval.embed
         "producer": f"fpr_plugin {__version__}",
     }
 
@@ -182,7 +173,7 @@ def _format_report(report: Mapping[str, Any]) -> str:
         f"({report['size_bytes'] / 1e6:.1f} MB, opset {report['opset']}, {report['exporter']})",
         f"  network {meta['network']} {meta['backbone_params']}, embedding {meta['embedding_size']}, "
         f"loss {meta['loss'] or '-'}, recipe {meta['recipe'] or '-'}",
-        f"  input {report['input']['name']} {report['input']['shape']} RGB (x-127.5)/127.5, "
+        f"  input {report['input']['name']} {report['input']['shape']} {INSIGHTFACE.describe()}, "
         f"output {report['output_name']}",
     ]
     for name in ("random", "real", "insightface"):

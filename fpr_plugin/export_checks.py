@@ -3,7 +3,8 @@
 :func:`verify_onnx` runs the graph with onnxruntime on random and real images
 and compares it with the torch model; then insightface's
 ``model_zoo.get_model`` must route the file to ``ArcFaceONNX`` with mean/std
-127.5 and give the torch embedding for aligned BGR faces.
+127.5 and give the torch embedding for aligned BGR faces. The input convention is
+:mod:`fpr_plugin.face_input`'s.
 """
 
 from __future__ import annotations
@@ -16,26 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fpr_plugin.face_input import IMAGE_SIZE, INPUT_MEAN, INPUT_NAME, INPUT_STD, OUTPUT_NAME, to_blob
+
 __all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
-    "INPUT_MEAN",
-    "INPUT_STD",
-    "IMAGE_SIZE",
     "DEFAULT_TOLERANCE",
     "ExportCheckError",
     "sample_images",
-    "bgr_to_blob",
     "compare",
     "verify_onnx",
 ]
 
-# insightface's input convention for a recognition graph without Sub/Mul input nodes
-INPUT_NAME = "data"
-OUTPUT_NAME = "embedding"
-INPUT_MEAN = 127.5
-INPUT_STD = 127.5
-IMAGE_SIZE = 112
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -80,12 +71,6 @@ def sample_images(count: int = 4, seed: int = 0) -> np.ndarray:
             phase = rng.uniform(0, 2 * np.pi, 3)
             crops.append(np.stack([127.5 + 127 * np.sin(6 * xx + 4 * yy + p) for p in phase], -1))
     return np.clip(np.stack(crops), 0, 255).astype(np.uint8)
-
-
-def bgr_to_blob(images_bgr: np.ndarray) -> np.ndarray:
-    """BGR uint8 ``[N, H, W, 3]`` -> normalised RGB float32 ``[N, 3, H, W]``."""
-    rgb = images_bgr[..., ::-1].astype(np.float32)
-    return np.ascontiguousarray(((rgb - INPUT_MEAN) / INPUT_STD).transpose(0, 3, 1, 2))
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -138,7 +123,7 @@ def _check_insightface(onnx_path: str, model: nn.Module, faces_bgr: np.ndarray, 
         )
     # aligned 112x112 BGR faces, as insightface's FaceAnalysis passes them
     insight = np.asarray(recognition.get_feat(list(faces_bgr))).reshape(len(faces_bgr), -1)
-    stats = compare(_torch_embed(model, bgr_to_blob(faces_bgr)), insight)
+    stats = compare(_torch_embed(model, to_blob(faces_bgr, "bgr")), insight)
     if stats["max_rel_diff"] > tolerance:
         raise ExportCheckError(
             f"insightface ArcFaceONNX.get_feat disagrees with torch on aligned BGR faces: "
@@ -176,7 +161,7 @@ def verify_onnx(
     real = sample_images(n, seed)
     inputs = {
         "random": rng.uniform(-1.0, 1.0, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32),
-        "real": bgr_to_blob(real),
+        "real": to_blob(real, "bgr"),
     }
     report = _check_runtime(session, model, inputs, tolerance)
     report["insightface"] = _check_insightface(onnx_path, model, real, tolerance)

@@ -99,6 +99,9 @@ def test_graph_contract_and_metadata(exported):
     assert meta["embedding_size"] == "32" and meta["network"] == "r18"
     assert meta["loss"] == "fpr_penalty" and meta["recipe"] == "tiny_r18"
     assert json.loads(meta["backbone_params"]) == {"width": 8}
+    # the input convention, read back by fpr_plugin.eval.embed
+    assert (meta["input_name"], meta["input_mean"], meta["input_std"], meta["input_color"]) == (
+        "data", "127.5", "127.5", "RGB")
     assert report["checks"]["random"]["max_rel_diff"] <= 1e-4
     assert report["checks"]["insightface"]["min_cosine"] > 0.99999
 

@@ -25,6 +25,7 @@ from typing import Any, MutableMapping, Sequence
 import torch
 from torch import nn
 
+from fpr_plugin.face_input import IMAGE_SIZE
 from fpr_plugin.registry import register_backbone
 
 __all__ = [
@@ -78,7 +79,7 @@ def strided_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def output_resolution(input_size: int = 112, stem_stride: int = 1) -> int:
+def output_resolution(input_size: int = IMAGE_SIZE, stem_stride: int = 1) -> int:
     """Side of the final feature map: the stem stride, then four stride-2 stages."""
     size = strided_size(input_size, stem_stride)
     for _ in range(4):
@@ -141,7 +142,7 @@ class IResNet(nn.Module):
         fp16: bool | str = False,
         width: int = 64,
         stem_stride: int = 1,
-        input_size: int = 112,
+        input_size: int = IMAGE_SIZE,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
@@ -218,7 +219,7 @@ def _make_factory(name: str):
         fp16: bool | str = False,
         width: int = 64,
         stem_stride: int = 1,
-        input_size: int = 112,
+        input_size: int = IMAGE_SIZE,
     ) -> IResNet:
         return IResNet(
             layers,

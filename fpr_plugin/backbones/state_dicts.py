@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fpr_plugin.backbones.iresnet import IRESNET_LAYERS, output_resolution, rename_legacy_keys
+from fpr_plugin.face_input import IMAGE_SIZE
 
 __all__ = [
     "DDP_PREFIX",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 DDP_PREFIX = "module."
-INPUT_SIZE = 112
+INPUT_SIZE = IMAGE_SIZE
 DEFAULT_WIDTH = 64
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 

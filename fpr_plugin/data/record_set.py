@@ -25,6 +25,7 @@ import numpy as np
 from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap, replace_folder
 from fpr_plugin.data.recordio import (IndexedRecordReader, IndexedRecordWriter, IRHeader,
                                       RecordFormatError, pack, unpack)
+from fpr_plugin.face_input import IMAGE_SIZE
 
 REC_NAME, IDX_NAME, PROPERTY_NAME, GROUPS_NAME = "train.rec", "train.idx", "property", "groups.tsv"
 
@@ -122,7 +123,7 @@ def read_record_set(path: str | os.PathLike, reader: IndexedRecordReader | None 
     if num_classes is None:
         raise ValueError(f"{rec.parent}: no {PROPERTY_NAME} file and no InsightFace header record at key 0; "
                          "cannot tell num_classes (write a 'num_classes,112,112' property file)")
-    image_size = (prop[1], prop[2]) if prop else (112, 112)
+    image_size = (prop[1], prop[2]) if prop else (IMAGE_SIZE, IMAGE_SIZE)
     return RecordSetInfo(num_classes=num_classes, num_image=int(keys.size), image_size=image_size,
                          image_keys=keys)
 
@@ -253,7 +254,7 @@ def _umask() -> int:
 
 
 def write_record_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, bytes]], *,
-                     image_size: tuple[int, int] = (112, 112),
+                     image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
                      groups: Mapping[int, tuple[str, str]] | None = None) -> dict:
     """Write ``(class label, encoded image)`` samples as an InsightFace record set in ``out_dir``.
 

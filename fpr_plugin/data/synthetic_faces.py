@@ -18,12 +18,14 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from fpr_plugin.face_input import IMAGE_SIZE
+
 #: InsightFace's canonical 5 landmarks of a 112x112 aligned face (arcface_dst).
 CANONICAL_LANDMARKS = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float64,
 )
-ALIGNED_SIZE = 112
+ALIGNED_SIZE = IMAGE_SIZE  # fpr_plugin.face_input
 PHOTO_SIZE = 160  # side of the unaligned RFW-layout photos
 _SUPERSAMPLE = 2  # drawing resolution factor (anti-aliasing)
 _PAD = 24  # margin (face-frame pixels) drawn around the 112x112 face frame

@@ -1,7 +1,7 @@
 """Batched face embedding with onnxruntime for models exported by fpr_plugin.export.
 
-Input convention (insightface's): RGB, ``(pixel - 127.5) / 127.5``, ``[N, 3, 112, 112]``.
-Images are given as uint8 HWC arrays whose channel order is stated with ``color``.
+Input convention (insightface's, :mod:`fpr_plugin.face_input`): RGB, ``(pixel - 127.5) / 127.5``,
+``[N, 3, 112, 112]``. Images are given as uint8 HWC arrays whose channel order is stated with ``color``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["OnnxEmbedder", "default_providers", "preprocess"]
+from fpr_plugin.face_input import IMAGE_SIZE, check_color, to_blob
 
-IMAGE_SIZE = 112
-INPUT_MEAN = 127.5
-INPUT_STD = 127.5
-COLORS = ("bgr", "rgb")
+__all__ = ["OnnxEmbedder", "default_providers"]
 
 
 def default_providers() -> list[str]:
@@ -28,21 +25,6 @@ def default_providers() -> list[str]:
     if "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
-
-
-def _check_color(color: str) -> str:
-    if color not in COLORS:
-        raise ValueError(f"color must be 'bgr' or 'rgb' (the channel order of the images), got {color!r}")
-    return color
-
-
-def preprocess(faces: np.ndarray, color: str, flip: bool = False) -> np.ndarray:
-    """Aligned uint8 faces ``[N, H, W, 3]`` -> normalised RGB float32 ``[N, 3, H, W]``."""
-    rgb = faces[..., ::-1] if _check_color(color) == "bgr" else faces
-    if flip:
-        rgb = rgb[:, :, ::-1]
-    blob = (rgb.astype(np.float32) - INPUT_MEAN) / INPUT_STD
-    return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 
 
 def _check_face(face: np.ndarray, index: int) -> np.ndarray:
@@ -127,15 +109,15 @@ class OnnxEmbedder:
     ) -> np.ndarray:
         from tqdm.auto import tqdm
 
-        _check_color(color)
+        check_color(color)
         embeddings = np.empty((count, self.embedding_size), np.float32)
         starts = range(0, count, self.batch_size)
         for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
             stop = min(start + self.batch_size, count)
             faces = np.stack([face_at(i) for i in range(start, stop)])
-            out = self._forward(preprocess(faces, color))
+            out = self._forward(to_blob(faces, color))
             if flip:  # flip test: emb(img) + emb(horizontally flipped img)
-                out = out + self._forward(preprocess(faces, color, flip=True))
+                out = out + self._forward(to_blob(faces, color, flip=True))
             embeddings[start:stop] = out
         return embeddings
 

@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-IMAGE_SIZE = 112
+from fpr_plugin.face_input import IMAGE_SIZE
+
 #: EXIF orientations that turn the picture by 90 degrees (the decoder swaps width and height)
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
