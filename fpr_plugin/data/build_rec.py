@@ -21,8 +21,8 @@ from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
 from fpr_plugin.data.image_folder import scan_image_folder
 from fpr_plugin.data.record_set import REC_NAME, record_paths, write_record_set
 from fpr_plugin.data.recordio import rebuild_index
+from fpr_plugin.face_input import IMAGE_SIZE
 
-IMAGE_SIZE = 112
 _JPEG_START = b"\xff\xd8"
 
 __all__ = ["read_landmarks", "encode_face", "build_record_set", "main"]
