@@ -64,3 +64,18 @@ def tiny_recipe(tmp_path, easy_records) -> Path:
     path = tmp_path / "tiny.py"
     path.write_text(TINY_RECIPE.format(rec=str(easy_records)))
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run the in-process reference with one intra-op thread, like the torchrun workers.
+
+    A different thread count changes float summation order; over a few steps the
+    threshold's hard indicator turns such rounding into visibly different losses.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

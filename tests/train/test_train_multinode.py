@@ -11,11 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
-from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.train import trainer
 from fpr_plugin.train.config import load_config
+from trajectory import losses_of, per_rank_batchnorm
 
 SETS = ["max_steps=5", "save_every=3", "keep_checkpoints=5", "frequent=1", "num_workers=0",
         "grad_clip=None", "lr=0.002"]
@@ -26,11 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _losses(out: Path) -> list[float]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in sorted(records, key=lambda r: r["global_step"])]
 
 
 def launch_two_nodes(recipe: Path, output: Path, extra: list[str] = (), crash_second_after: int | None = None):
@@ -64,25 +58,6 @@ def launch_two_nodes(recipe: Path, output: Path, extra: list[str] = (), crash_se
     return outputs
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _per_rank_batchnorm(world_size: int):
-    """The one-process backbone run on each rank's share of the batch separately (BatchNorm per rank, as DDP)."""
-    def build_backbone(cfg):
-        model = backbone_from_config(cfg)
-        forward = model.forward
-        model.forward = lambda x: torch.cat([forward(part) for part in x.chunk(world_size)])
-        return model
-
-    return build_backbone
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_nodes_match_one_process_and_resume_after_a_node_dies(tiny_recipe, tmp_path, one_thread):
@@ -92,10 +67,10 @@ def test_two_nodes_match_one_process_and_resume_after_a_node_dies(tiny_recipe, t
         assert code == 0, log[-4000:]
     one = tmp_path / "one"
     trainer.train(load_config(tiny_recipe, loss="fpr_penalty", overrides=SETS + [f"output={one}"]),
-                  build_backbone=_per_rank_batchnorm(4))
-    reference = _losses(one)
+                  build_backbone=per_rank_batchnorm(4))
+    reference = losses_of(one)
     assert len(reference) == 5
-    uninterrupted = _losses(nodes)
+    uninterrupted = losses_of(nodes)
     assert uninterrupted == pytest.approx(reference, rel=1e-4)
 
     # the second node dies right after the checkpoint of step 3; the first fails with it
@@ -107,4 +82,4 @@ def test_two_nodes_match_one_process_and_resume_after_a_node_dies(tiny_recipe, t
     for code, log in launch_two_nodes(tiny_recipe, crashed, extra=["resume=True"]):
         assert code == 0, log[-4000:]
     assert "resumed from" in (crashed / "training.log").read_text()
-    assert _losses(crashed) == pytest.approx(uninterrupted, rel=1e-6)
+    assert losses_of(crashed) == pytest.approx(uninterrupted, rel=1e-6)
