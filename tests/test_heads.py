@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fpr_plugin.heads import ClassifierHead
 from fpr_plugin.registry import build_loss
 from gloo import run_two_ranks
+from head_step import run_head
 
 NUM_CLASSES = 11  # 6 + 5 over two ranks
 DIM = 6
@@ -36,21 +37,6 @@ def global_batch():
     labels = torch.randint(0, NUM_CLASSES, (sum(ROWS),), generator=g)
     x = W[labels] + 1.2 * torch.randn(sum(ROWS), DIM, generator=g, dtype=torch.float64)
     return x, W, labels
-
-
-def run_head(head, x, labels):
-    """Loss, its gradients and the loss statistics of one training step."""
-    x = x.detach().clone().requires_grad_()
-    head.weight.grad = None
-    value = head.training_loss(x, labels)
-    value.backward()
-    return {
-        "loss": value.detach(),
-        "grad_x": x.grad,
-        "grad_W": head.weight.grad,
-        "stats": dict(head.loss.last_stats),
-        "instance_fpr": head.loss.last_instance_fpr,
-    }
 
 
 def make_head(key, W, parallel="classes"):

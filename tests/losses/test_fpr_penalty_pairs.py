@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gloo import run_ranks  # noqa: E402
+from head_step import run_head  # noqa: E402
 
 from fpr_plugin.cli_errors import UserError  # noqa: E402
 from fpr_plugin.distributed import Layout, shard_bounds  # noqa: E402
@@ -320,20 +321,6 @@ def global_batch():
     labels = torch.randint(0, 4, (9,), generator=g)  # 4 classes in the batch: many same-label pairs
     x = W[labels] + 1.2 * torch.randn(9, DIM, generator=g, dtype=torch.float64)
     return x, W, labels
-
-
-def run_head(head, x, labels):
-    x = x.detach().clone().requires_grad_()
-    head.weight.grad = None
-    value = head.training_loss(x, labels)
-    value.backward()
-    return {
-        "loss": value.detach(),
-        "grad_x": x.grad,
-        "grad_W": head.weight.grad,
-        "stats": dict(head.loss.last_stats),
-        "instance_fpr": head.loss.last_instance_fpr,
-    }
 
 
 def make_head(W, parallel="classes", sample_rate=1.0):
