@@ -1,7 +1,12 @@
-"""Batched face embedding with onnxruntime for models exported by fpr_plugin.export.
+"""Batched face embedding with onnxruntime, for models exported by fpr_plugin.export and for other models.
 
-Input convention (insightface's, :mod:`fpr_plugin.face_input`): RGB, ``(pixel - 127.5) / 127.5``,
-``[N, 3, 112, 112]``. Images are given as uint8 HWC arrays whose channel order is stated with ``color``.
+A model's input convention (:class:`fpr_plugin.face_input.InputConvention`: mean, std, channel
+order) comes from the arguments, else from the model's ONNX metadata (``input_mean``,
+``input_std``, ``input_color``, which fpr-export writes), else insightface's: RGB,
+``(pixel - 127.5) / 127.5``, ``[N, 3, 112, 112]``. A graph with a fixed batch runs that batch
+(the last one padded). A graph that lists stale inputs is run from a pruned copy
+(:mod:`fpr_plugin.eval.onnx_prune`). Images are given as uint8 HWC arrays whose channel order
+is stated with ``color``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fpr_plugin.face_input import IMAGE_SIZE, check_color, to_blob
+from fpr_plugin.eval.onnx_prune import loadable_model
+from fpr_plugin.face_input import IMAGE_SIZE, check_color, resolve_convention, to_blob
 
 __all__ = ["OnnxEmbedder", "default_providers"]
 
@@ -38,13 +44,23 @@ def _check_face(face: np.ndarray, index: int) -> np.ndarray:
 
 
 class OnnxEmbedder:
-    """Embed aligned faces (or photos + 5 landmarks) with an exported ONNX model."""
+    """Embed aligned faces (or photos + 5 landmarks) with an ONNX face-embedding model.
+
+    ``input_mean``/``input_std``/``input_color`` override the model's metadata (None: read it, else
+    insightface's 127.5/127.5/RGB). ``cache_dir``: where a pruned copy of a graph with stale inputs is
+    kept (default :func:`fpr_plugin.eval.onnx_prune.default_cache_dir`).
+    """
 
     def __init__(
         self,
         model_path: str | os.PathLike,
         providers: Sequence[str] | None = None,
         batch_size: int = 64,
+        *,
+        input_mean: float | None = None,
+        input_std: float | None = None,
+        input_color: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -62,8 +78,10 @@ class OnnxEmbedder:
                 f"{ort.get_available_providers()}"
             )
         self.model_path = str(path)
+        load_path, self.pruned_inputs = loadable_model(path, cache_dir)
+        self.loaded_path = str(load_path)  # the model file, or its pruned copy
         try:
-            self.session = ort.InferenceSession(self.model_path, providers=list(providers))
+            self.session = ort.InferenceSession(self.loaded_path, providers=list(providers))
         except Exception as exc:  # onnxruntime's own exception types: not a loadable ONNX graph
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"{self.model_path} is not an ONNX model onnxruntime can load "
@@ -71,7 +89,7 @@ class OnnxEmbedder:
                 from None
         self.providers = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        shape = list(inputs[0].shape)
+        shape = list(inputs[0].shape) if inputs else []
         if (
             len(inputs) != 1
             or len(shape) != 4
@@ -95,6 +113,17 @@ class OnnxEmbedder:
         # A graph exported with a fixed batch runs that batch only; the last one is padded.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.batch_size = self.fixed_batch or int(batch_size)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.convention, self.convention_origin = resolve_convention(
+            metadata, input_mean, input_std, input_color, source=self.model_path)
+
+    def input_info(self) -> dict:
+        """What the report says about how the model was fed: convention, its origin, batch, pruned inputs."""
+        c = self.convention
+        return {"convention": c.describe(), "mean": c.mean, "std": c.std, "color": c.color,
+                "origin": dict(self.convention_origin), "fixed_batch": self.fixed_batch,
+                "pruned_inputs": len(self.pruned_inputs),
+                "loaded_from": self.loaded_path if self.pruned_inputs else None}
 
     def _forward(self, blob: np.ndarray) -> np.ndarray:
         count = len(blob)
@@ -115,9 +144,9 @@ class OnnxEmbedder:
         for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
             stop = min(start + self.batch_size, count)
             faces = np.stack([face_at(i) for i in range(start, stop)])
-            out = self._forward(to_blob(faces, color))
+            out = self._forward(to_blob(faces, color, convention=self.convention))
             if flip:  # flip test: emb(img) + emb(horizontally flipped img)
-                out = out + self._forward(to_blob(faces, color, flip=True))
+                out = out + self._forward(to_blob(faces, color, flip=True, convention=self.convention))
             embeddings[start:stop] = out
         return embeddings
 

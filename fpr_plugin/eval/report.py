@@ -3,7 +3,7 @@
 The input is the nested dict of :meth:`fpr_plugin.eval.runner.Report.to_dict`::
 
     {"fprs": [...], "bias_degree": "std_over_f",
-     "models": {label: {"model": path, "sha256": hex,
+     "models": {label: {"model": path, "sha256": hex, "input": {"convention": ..., ...},
                         "datasets": {name: {"pairs": {...} | None, "dense": {...} | None, ...}}}}}
 
 Several models side by side (``--compare``) share every table (one row per
@@ -120,14 +120,28 @@ def _detail_table(models: dict, dataset: str, protocol: str) -> list[str]:
     return lines + [""]
 
 
+def _input_cell(info: dict) -> str:
+    """How a model was fed: its convention and where that came from, its fixed batch, pruned graph inputs."""
+    if not info:
+        return ""
+    origins = sorted(set(info.get("origin", {}).values()))
+    cell = f"{info['convention']} ({', '.join(origins)})" if origins else info["convention"]
+    if info.get("fixed_batch"):
+        cell += f", fixed batch {info['fixed_batch']}"
+    if info.get("pruned_inputs"):
+        cell += f", {info['pruned_inputs']} stale graph inputs pruned (copy)"
+    return cell
+
+
 def render_markdown(report: dict, figures: dict[str, list[str]] | None = None) -> str:
     """The Markdown report: per data set, the accuracy table, the bias-degree tables and the per-group details."""
     models = report["models"]
     bias = report.get("bias_degree", "std_over_f")
     datasets = list(dict.fromkeys(d for m in models.values() for d in m["datasets"]))
     out = ["# Fairness evaluation", "",
-           "| model | file | sha256 |", "|---|---|---|"]
-    out += [f"| {label} | `{m['model']}` | `{m['sha256'][:16]}` |" for label, m in models.items()]
+           "| model | file | sha256 | input |", "|---|---|---|---|"]
+    out += [f"| {label} | `{m['model']}` | `{m['sha256'][:16]}` | {_input_cell(m.get('input') or {})} |"
+            for label, m in models.items()]
     out += ["", f"**Bias degree** = {SUMMARY_LABELS[bias]} at the global threshold that gives overall FPR f "
             "(lower is better); max/min and the Gini form of the ISO/IEC 19795-10 false-positive "
             "differential are in the detail tables.", ""]

@@ -12,6 +12,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from fpr_plugin.eval.dense import DEFAULT_FPRS, count_tiles
 from fpr_plugin.eval.evaluate import evaluate_dense, evaluate_pairs
 from fpr_plugin.eval.metrics import check_fpr
 from fpr_plugin.eval.sets.base import EvalSet, ImageSet
+from fpr_plugin.face_input import INSIGHTFACE, InputConvention
 
 __all__ = ["ModelResult", "Report", "SetResult", "build_embedder", "embed_set", "evaluate_models", "model_labels"]
 
@@ -49,6 +51,7 @@ class ModelResult:
 
     model: str
     sha256: str
+    input: dict = field(default_factory=dict)  # how it was fed: OnnxEmbedder.input_info()
     datasets: dict[str, SetResult] = field(default_factory=dict)
 
 
@@ -94,12 +97,22 @@ def model_labels(paths: Sequence[PathLike]) -> dict[str, Path]:
     return labels
 
 
-def build_embedder(model_path: PathLike, providers: Sequence[str] | None, batch_size: int) -> Any:
+def build_embedder(model_path: PathLike, providers: Sequence[str] | None, batch_size: int,
+                   inputs: Mapping[str, Any] | None = None) -> Any:
     """The onnxruntime embedder of one model (:class:`fpr_plugin.eval.embed.OnnxEmbedder`); fails on a file that
-    is not a loadable face-embedding ONNX model."""
+    is not a loadable face-embedding ONNX model. ``inputs``: its keyword arguments ``input_mean``,
+    ``input_std``, ``input_color`` and ``cache_dir``."""
     from fpr_plugin.eval.embed import OnnxEmbedder
 
-    return OnnxEmbedder(str(model_path), providers=providers, batch_size=batch_size)
+    return OnnxEmbedder(str(model_path), providers=providers, batch_size=batch_size, **dict(inputs or {}))
+
+
+def _convention_key(embedder: Any) -> str:
+    """Cache-key suffix for a model fed with another convention than insightface's (none for the default)."""
+    convention: InputConvention = getattr(embedder, "convention", INSIGHTFACE)
+    if convention == INSIGHTFACE:
+        return ""
+    return "-input" + hashlib.sha256(repr((convention.mean, convention.std, convention.color)).encode()).hexdigest()[:8]
 
 
 def embed_set(embedder: Any, images: ImageSet, batch_size: int, flip: bool, desc: str, progress: bool) -> np.ndarray:
@@ -158,7 +171,7 @@ def _evaluate_set(label: str, model_path: Path, sha: str, embedder: Any, s: Eval
     if opt.cache_dir is None:
         emb, cached = compute(), False
     else:
-        key = s.cache_key() + ("" if opt.flip else "-noflip")
+        key = s.cache_key() + ("" if opt.flip else "-noflip") + _convention_key(embedder)
         emb, cached = cached_embeddings(opt.cache_dir, sha, key, compute, expected_rows=len(s.images))
     if not np.isfinite(emb).all():
         raise UserError(f"model {model_path} gives non-finite embeddings on {s.name}; expected finite "
@@ -177,7 +190,9 @@ def _evaluate_set(label: str, model_path: Path, sha: str, embedder: Any, s: Eval
 def evaluate_models(models: Mapping[str, PathLike] | Sequence[PathLike], sets: Sequence[EvalSet], *,
                     fprs: Sequence[float] = DEFAULT_FPRS, flip: bool = True, batch_size: int = 64,
                     chunk_size: int = 2048, dense: bool = True, cache_dir: PathLike | None = None,
-                    providers: Sequence[str] | None = None, progress: bool = True) -> Report:
+                    providers: Sequence[str] | None = None, progress: bool = True,
+                    input_mean: float | None = None, input_std: float | None = None,
+                    input_color: str | None = None) -> Report:
     """Every model on every set: accuracy, ROC and group FPRs at one global threshold per overall FPR.
 
     ``models``: ``{label: onnx path}``, or paths (labelled by file stem).
@@ -186,20 +201,27 @@ def evaluate_models(models: Mapping[str, PathLike] | Sequence[PathLike], sets: S
     dense protocol on sets that also have a pair list. ``chunk_size``: dense tile
     size. ``cache_dir``: reuse and keep embeddings there (None: no cache).
     ``providers``: onnxruntime providers (default CUDA when available, else CPU).
+    ``input_mean``/``input_std``/``input_color`` ("rgb"/"bgr", the order the graph expects): every model's
+    input convention; each one left None is read from the model's metadata, else insightface's
+    127.5/127.5/RGB. A graph that lists stale inputs runs from a pruned copy in ``cache_dir/onnx``
+    (default the user cache, :func:`fpr_plugin.eval.onnx_prune.default_cache_dir`).
     Every model is loaded, and so checked, before any set is embedded.
     """
     labels = ({str(k): Path(v) for k, v in models.items()} if isinstance(models, Mapping)
               else model_labels(models))
     opt = _Options(_check_arguments(labels, sets, fprs, batch_size, chunk_size), flip, batch_size, chunk_size,
                    dense, Path(cache_dir) if cache_dir is not None else None, progress)
-    embedders = {label: build_embedder(path, providers, batch_size) for label, path in labels.items()}
+    inputs = {"input_mean": input_mean, "input_std": input_std, "input_color": input_color,
+              "cache_dir": opt.cache_dir / "onnx" if opt.cache_dir is not None else None}
+    embedders = {label: build_embedder(path, providers, batch_size, inputs) for label, path in labels.items()}
     results: dict[str, ModelResult] = {}
     with warnings.catch_warnings():
         # insightface's norm_crop calls a scikit-image method deprecated in 0.26, once per image
         warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")
         for label, path in labels.items():
             sha = file_sha256(path)
-            result = ModelResult(model=str(path), sha256=sha)
+            info = getattr(embedders[label], "input_info", None)
+            result = ModelResult(model=str(path), sha256=sha, input=info() if info else {})
             for s in sets:
                 result.datasets[s.name] = _evaluate_set(label, path, sha, embedders[label], s, opt)
             results[label] = result

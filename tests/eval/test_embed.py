@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from fpr_plugin import build_backbone
 from fpr_plugin.eval.embed import OnnxEmbedder, default_providers
 from fpr_plugin.export import export_onnx
+from fpr_plugin.face_input import INSIGHTFACE, InputConvention
 
 CONFIG = {"network": "r18", "embedding_size": 24, "backbone_params": {"width": 8}, "loss": "cosface"}
 
@@ -164,6 +165,68 @@ def test_bad_arguments(models, faces, tmp_path):
         embedder.embed(faces.astype(np.float32))
     with pytest.raises(ValueError, match="landmarks"):
         embedder.embed_photos([t1_photo()], np.zeros((1, 4, 2)))
+
+
+def linear_model(path: Path, metadata: dict | None = None) -> np.ndarray:
+    """``data -> Flatten -> MatMul W`` with the given metadata_props; returns W (recomputable with numpy)."""
+    w = np.random.default_rng(7).normal(size=(3 * 112 * 112, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["data"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["fc1"])],
+        "linear", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 5])],
+        initializer=[onnx.numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return w
+
+
+def linear_reference(faces_bgr: np.ndarray, w: np.ndarray, mean: float, std: float, color: str) -> np.ndarray:
+    """float64: channels in ``color`` order, (x - mean) / std, NCHW, times W."""
+    x = faces_bgr.astype(np.float64)
+    if color == "rgb":
+        x = x[..., ::-1]
+    x = ((x - mean) / std).transpose(0, 3, 1, 2).reshape(len(x), -1)
+    return x @ w.astype(np.float64)
+
+
+def test_input_convention_from_metadata(tmp_path, faces):
+    w = linear_model(tmp_path / "raw_bgr.onnx", {"input_mean": "0", "input_std": "1", "input_color": "BGR"})
+    embedder = OnnxEmbedder(tmp_path / "raw_bgr.onnx")
+    assert embedder.convention == InputConvention(0.0, 1.0, "bgr")
+    assert embedder.convention_origin == {"mean": "metadata", "std": "metadata", "color": "metadata"}
+    assert_close(embedder.embed(faces, flip=False), linear_reference(faces, w, 0.0, 1.0, "bgr"))
+    # the same faces given as RGB: the embedder turns them into the model's BGR
+    from_rgb = embedder.embed(faces[..., ::-1].copy(), color="rgb", flip=False)
+    assert_close(from_rgb, linear_reference(faces, w, 0, 1, "bgr"))
+
+
+def test_arguments_override_the_metadata_field_by_field(tmp_path, faces):
+    w = linear_model(tmp_path / "m.onnx", {"input_mean": "0", "input_std": "1", "input_color": "BGR"})
+    embedder = OnnxEmbedder(tmp_path / "m.onnx", input_mean=10.0, input_color="rgb")
+    assert embedder.convention_origin == {"mean": "argument", "std": "metadata", "color": "argument"}
+    assert_close(embedder.embed(faces, flip=False), linear_reference(faces, w, 10.0, 1.0, "rgb"))
+    info = embedder.input_info()
+    assert (info["convention"], info["fixed_batch"], info["pruned_inputs"]) == ("RGB (x - 10) / 1", None, 0)
+
+
+def test_no_metadata_means_insightface(tmp_path, faces, models):
+    w = linear_model(tmp_path / "plain.onnx")
+    embedder = OnnxEmbedder(tmp_path / "plain.onnx")
+    assert embedder.convention == INSIGHTFACE and set(embedder.convention_origin.values()) == {"default"}
+    assert_close(embedder.embed(faces, flip=False), linear_reference(faces, w, 127.5, 127.5, "rgb"))
+    exported = OnnxEmbedder(models / "dynamic.onnx")  # fpr-export writes the convention: read back
+    assert exported.convention == INSIGHTFACE and set(exported.convention_origin.values()) == {"metadata"}
+
+
+def test_bad_metadata_names_the_model_and_key(tmp_path):
+    linear_model(tmp_path / "bad.onnx", {"input_std": "zero"})
+    with pytest.raises(ValueError, match=r"bad.onnx: metadata input_std='zero'; expected a number"):
+        OnnxEmbedder(tmp_path / "bad.onnx")
+    with pytest.raises(ValueError, match=r"bad.onnx: input std must be a finite number > 0, got 0"):
+        OnnxEmbedder(tmp_path / "bad.onnx", input_std=0.0)
 
 
 def yunet_model_path() -> Path | None:

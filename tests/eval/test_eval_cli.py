@@ -181,6 +181,20 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, rfw_dir, model, capsys):
     assert not (out / "report.json").exists()
 
 
+def test_bad_input_convention_flags_exit_2_in_one_line(tmp_path, model, capsys):
+    path, _ = model
+    write_bin(tmp_path / "lfw.bin", aligned_faces(4), [True, False])
+    base = ("--model", path, "--bin", tmp_path / "lfw.bin", "--output", tmp_path / "out")
+    for flags, expected in ((("--input-std", 0), "--input-std must be a finite number > 0, got 0.0"),
+                            (("--input-mean", "nan"), "--input-mean must be a finite number, got nan"),
+                            (("--input-color", "yuv"), "--input-color must be rgb or bgr (the channel order the "
+                                                        "model expects), got 'yuv'")):
+        assert _run(*base, *flags) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 class _Refuse:
     def embed(self, *a, **k):
         raise AssertionError("embeddings should come from the cache")
