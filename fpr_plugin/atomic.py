@@ -27,6 +27,7 @@ __all__ = [
     "current_umask",
     "pid_alive",
     "temporary_name_pid",
+    "temporary_name_parts",
     "clean_stale_temporaries",
     "HOSTNAME",
     "replace_folder",
@@ -35,13 +36,14 @@ __all__ = [
 
 HOSTNAME = socket.gethostname()
 # .<name>.<pid>.<random>.tmp (atomic_write), .<name>.partial-<pid>-<random> (folders),
-# .<name>.<pid>.<random>.partial.onnx (export), .<name>.tmp-<pid> (record writer)
+# .<name>.<pid>.<random>.partial.onnx (export), .<name>.tmp-<pid> (record writer),
+# .<name>.old-<pid> (a folder swap's previous version); group 1 is <name>, group 2 the pid
 _TMP_PATTERNS = (
-    re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$"),
-    re.compile(r"^\..+\.partial-(\d+)-[^.]+$"),
-    re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.partial\.onnx$"),
-    re.compile(r"^\..+\.tmp-(\d+)$"),
-    re.compile(r"^\..+\.old-(\d+)$"),
+    re.compile(r"^\.(.+)\.(\d+)\.[^.]+\.tmp$"),
+    re.compile(r"^\.(.+)\.partial-(\d+)-[^.]+$"),
+    re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]+\.partial\.onnx$"),
+    re.compile(r"^\.(.+)\.tmp-(\d+)$"),
+    re.compile(r"^\.(.+)\.old-(\d+)$"),
 )
 
 
@@ -111,13 +113,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def temporary_name_pid(name: str) -> int | None:
-    """The writer's pid in a temporary name this package makes, or None for any other name."""
+def temporary_name_parts(name: str) -> tuple[str, int] | None:
+    """``(name of the file or folder being written, writer's pid)`` of a temporary name this package makes.
+
+    None for any other name.
+    """
     for pattern in _TMP_PATTERNS:
         match = pattern.match(name)
         if match:
-            return int(match.group(1))
+            return match.group(1), int(match.group(2))
     return None
+
+
+def temporary_name_pid(name: str) -> int | None:
+    """The writer's pid in a temporary name this package makes, or None for any other name."""
+    parts = temporary_name_parts(name)
+    return None if parts is None else parts[1]
 
 
 def clean_stale_temporaries(folder: str | os.PathLike, only_for: str | None = None) -> list[Path]:
@@ -134,10 +145,11 @@ def clean_stale_temporaries(folder: str | os.PathLike, only_for: str | None = No
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
-        if only_for is not None and not entry.name.startswith(f".{only_for}."):
+        parts = temporary_name_parts(entry.name)
+        if parts is None or (only_for is not None and parts[0] != only_for):
             continue
-        pid = temporary_name_pid(entry.name)
-        if pid is None or pid == os.getpid() or pid_alive(pid):
+        pid = parts[1]
+        if pid == os.getpid() or pid_alive(pid):
             continue
         if entry.name.endswith(f".old-{pid}"):
             continue  # a folder swap's previous version: the caller decides (see restore_or_drop_old)
@@ -189,8 +201,8 @@ def recover_folder_swap(target: str | os.PathLike) -> list[str]:
     if not target.parent.is_dir():
         return done
     for entry in sorted(target.parent.glob(f".{target.name}.old-*")):
-        pid = temporary_name_pid(entry.name)
-        if pid is None or pid_alive(pid):
+        parts = temporary_name_parts(entry.name)
+        if parts is None or parts[0] != target.name or parts[1] == os.getpid() or pid_alive(parts[1]):
             continue
         if target.exists():
             shutil.rmtree(entry, ignore_errors=True)

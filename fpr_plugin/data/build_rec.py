@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap
 from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
 from fpr_plugin.data.image_folder import scan_image_folder
 from fpr_plugin.data.record_set import REC_NAME, record_paths, write_record_set
@@ -39,7 +40,13 @@ def read_landmarks(path: str | os.PathLike, root: str | os.PathLike) -> dict[Pat
         raise FileNotFoundError(f"landmark file {path} does not exist")
     result: dict[Path, np.ndarray] = {}
     first_line = True
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start} is 0x{data[exc.start]:02x}); expected "
+                        "one 'image x1 y1 ... x5 y5' line per image") from None
+    for number, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -129,6 +136,10 @@ def build_record_set(src: str | os.PathLike, out: str | os.PathLike, *,
         raise UserError(f"--workers must be an integer >= 0 (0: encode in this process), got {workers!r}")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder; expected a folder (or a new name) for the record set")
+    for line in recover_folder_swap(out):  # a replacement killed half-way: the old set back first
+        print(f"note: {line}", file=sys.stderr)
+    for left in clean_stale_temporaries(out.parent, only_for=out.name):
+        print(f"note: removed {left}, left by an interrupted build", file=sys.stderr)
     if (out / REC_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a record set; pass --overwrite to replace it")
     folder = scan_image_folder(src)

@@ -19,12 +19,13 @@ import mmap
 import numbers
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from fpr_plugin.atomic import apply_umask, atomic_write, fsync_dir
+from fpr_plugin.atomic import apply_umask, atomic_write, clean_stale_temporaries, fsync_dir
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -209,6 +210,7 @@ def rebuild_index(rec_path: str | os.PathLike, idx_path: str | os.PathLike | Non
     """
     rec_path = Path(rec_path)
     idx_path = Path(idx_path) if idx_path is not None else rec_path.with_suffix(".idx")
+    _clean_leftovers(idx_path, "index rebuild")
     count = 0
 
     def write(tmp: str) -> None:
@@ -220,6 +222,12 @@ def rebuild_index(rec_path: str | os.PathLike, idx_path: str | os.PathLike | Non
 
     atomic_write(idx_path, write)
     return count
+
+
+def _clean_leftovers(path: Path, what: str) -> None:
+    """Remove (and name on stderr) the temporaries of ``path`` that a killed writer left beside it."""
+    for left in clean_stale_temporaries(path.parent, only_for=path.name):
+        print(f"note: removed {left}, left by an interrupted {what}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- index file
@@ -377,6 +385,8 @@ class IndexedRecordWriter:
     def __init__(self, idx_path: str | os.PathLike, rec_path: str | os.PathLike):
         self.idx_path = Path(idx_path)
         self.rec_path = Path(rec_path)
+        for path in (self.rec_path, self.idx_path):
+            _clean_leftovers(path, "record writer")
         self._tmp_rec = self.rec_path.with_name(f".{self.rec_path.name}.tmp-{os.getpid()}")
         self._tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp-{os.getpid()}")
         self._rec = open(self._tmp_rec, "w+b")

@@ -140,16 +140,17 @@ def test_same_seed_same_bytes_and_no_leftovers(mini, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"], "temporary folders must be renamed or removed"
 
 
-def test_existing_output_is_refused_unless_overwrite(tmp_path):
+def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "bench"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="already exists"):
         syn.make_synthetic(out, seed=0, size=MINI)
     assert (out / "keep.txt").exists()
-    with pytest.raises(SystemExit) as exc:
-        syn.main([str(out), "--size", "tiny", "--quiet"])
-    assert exc.value.code == 2
+    capsys.readouterr()
+    assert syn.main([str(out), "--size", "tiny", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fpr-make-synthetic: error: output folder {out} already exists") and err.count("\n") == 1
 
 
 def test_cli_writes_the_tiny_benchmark(tmp_path, capsys):
