@@ -1,0 +1,67 @@
+"""Oracle: FairCal's per-cluster beta calibration with the true group labels as the clusters (an upper bound).
+
+It needs the group of every calibration image and of both images of every test
+pair; a test group the fit set did not have is an error.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fpr_plugin.eval.calibration.base import METHODS, Fields
+from fpr_plugin.eval.calibration.faircal import DEFAULT_L2, ClusterBeta, fit_cluster_maps
+from fpr_plugin.eval.calibration.fitdata import DEFAULT_MAX_PAIRS, FitData
+
+__all__ = ["Oracle"]
+
+
+class Oracle(ClusterBeta):
+    """Beta calibration per true group (needs labels at fit and at test time)."""
+
+    method = "oracle"
+    needs_groups = True
+
+    @classmethod
+    def fit(cls, data: FitData, l2: float = DEFAULT_L2, model_sha256: str = "",
+            max_pairs: int = DEFAULT_MAX_PAIRS) -> "Oracle":
+        """Fit on ``data``, whose ``groups`` must be given."""
+        if data.groups is None:
+            raise ValueError(f"the oracle calibration needs a group per image; set {data.name or '?'} gives none")
+        names = [str(g) for g in dict.fromkeys(data.groups.tolist())]
+        index = {g: i for i, g in enumerate(names)}
+        labels = np.array([index[str(g)] for g in data.groups.tolist()], np.int64)
+        maps = fit_cluster_maps(data.scores, data.issame, data.pairs, labels, len(names), l2)
+        return cls({"l2": float(l2), "max_pairs": int(max_pairs)}, {"groups": names, **maps}, model_sha256,
+                   data.name, data.image_digests, data.identity_digests, data.embedding)
+
+    def assign(self, unit_embeddings: np.ndarray, groups: Any = None) -> np.ndarray:
+        if groups is None:
+            raise ValueError("the oracle calibration needs the group of every image (groups_a / groups_b)")
+        names = {g: i for i, g in enumerate(self.state["groups"])}
+        groups = [str(g) for g in np.asarray(groups, dtype=object).reshape(-1).tolist()]
+        if len(groups) != len(unit_embeddings):
+            raise ValueError(f"expected one group per embedding ({len(unit_embeddings)}), got {len(groups)}")
+        unknown = sorted(set(groups) - set(names))
+        if unknown:
+            raise ValueError(f"groups {unknown} were not in the oracle's fit set (it has {list(names)})")
+        return np.array([names[g] for g in groups], np.int64)
+
+    @property
+    def dimension(self) -> int | None:
+        return None
+
+    @classmethod
+    def check_params(cls, fields: Fields) -> dict:
+        return {"l2": float(fields.number("l2", 0.0)),
+                "max_pairs": int(fields.number("max_pairs", 1, 2**63, integer=True))}
+
+    @classmethod
+    def check_state(cls, fields: Fields, params: dict) -> dict:
+        groups = fields.strings("groups")
+        if not groups or len(set(groups)) != len(groups):
+            raise fields.error("groups", "a non-empty list of distinct group names")
+        return {"groups": groups, **cls._check_maps(fields, len(groups))}
+
+
+METHODS[Oracle.method] = Oracle
