@@ -39,6 +39,7 @@ setup(
         "console_scripts": [
             "fpr-train=fpr_plugin.train.cli:main",
             "fpr-eval=fpr_plugin.eval.cli:main",
+            "fpr-calibrate=fpr_plugin.eval.calibration.cli:main",
             "fpr-build-rec=fpr_plugin.data.build_rec:main",
             "fpr-make-synthetic=fpr_plugin.data.synthetic:main",
             "fpr-export=fpr_plugin.export:main",

@@ -5,6 +5,7 @@ Example::
     fpr-eval --model model.onnx --rfw /data/RFW --bfw /data/bfw --output eval_out
     fpr-eval --compare cosface.onnx cifp.onnx --rfw-bin /data/rfw_bins --output compare_out
     fpr-eval --model sface.onnx --input-mean 0 --input-std 1 --dense dense.csv --output sface_out
+    fpr-eval --model model.onnx --dense test.csv --calibration faircal.json --output calibrated_out
 
 The command parses its arguments, loads the sets and calls
 :func:`fpr_plugin.eval.evaluate_models`; the report replaces ``--output`` as a
@@ -46,13 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flip", action="store_true", help="embed without the flip test (default: emb(img)+emb(flip))")
     p.add_argument("--providers", nargs="+", default=None,
                    help="onnxruntime providers (default: CUDA if available, else CPU)")
-    p.add_argument("--input-mean", type=float, default=None,
-                   help="the model's input mean: it is fed (pixel - mean) / std (default: the model's "
-                        "input_mean metadata, else 127.5)")
-    p.add_argument("--input-std", type=float, default=None,
-                   help="the model's input std (default: the model's input_std metadata, else 127.5)")
-    p.add_argument("--input-color", default=None, metavar="{rgb,bgr}",
-                   help="channel order the model expects (default: the model's input_color metadata, else rgb)")
+    add_input_arguments(p)
+    p.add_argument("--calibration", type=Path, nargs="+", default=[], metavar="CALIB_JSON",
+                   help="post-hoc calibration(s) from fpr-calibrate, each fitted for one of the models on a set "
+                        "with other identities: reported as extra entries <model>+<method>")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return add_debug_flag(p)
 
@@ -78,6 +76,28 @@ def load_sets(args: argparse.Namespace) -> list[loaders.EvalSet]:
     return sets
 
 
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--input-mean``, ``--input-std``, ``--input-color``: how a model is fed (shared with fpr-calibrate)."""
+    p.add_argument("--input-mean", type=float, default=None,
+                   help="the model's input mean: it is fed (pixel - mean) / std (default: the model's "
+                        "input_mean metadata, else 127.5)")
+    p.add_argument("--input-std", type=float, default=None,
+                   help="the model's input std (default: the model's input_std metadata, else 127.5)")
+    p.add_argument("--input-color", default=None, metavar="{rgb,bgr}",
+                   help="channel order the model expects (default: the model's input_color metadata, else rgb)")
+
+
+def check_input_flags(args: argparse.Namespace) -> None:
+    """UserError naming the flag when ``--input-mean/--input-std/--input-color`` hold a bad value."""
+    if args.input_std is not None and not (math.isfinite(args.input_std) and args.input_std > 0):
+        raise UserError(f"--input-std must be a finite number > 0, got {args.input_std}")
+    if args.input_mean is not None and not math.isfinite(args.input_mean):
+        raise UserError(f"--input-mean must be a finite number, got {args.input_mean}")
+    if args.input_color is not None and args.input_color.lower() not in ("rgb", "bgr"):
+        raise UserError(f"--input-color must be rgb or bgr (the channel order the model expects), "
+                        f"got {args.input_color!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fpr-eval``; returns the exit status (2 on bad input, one line on stderr naming it)."""
     return run_cli("fpr-eval", _main, argv)
@@ -90,13 +110,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError(f"--fpr values must be in (0, 1), got {f}")
     if args.chunk_size < 1 or args.batch_size < 1:
         raise UserError(f"--chunk-size and --batch-size must be >= 1, got {args.chunk_size} and {args.batch_size}")
-    if args.input_std is not None and not (math.isfinite(args.input_std) and args.input_std > 0):
-        raise UserError(f"--input-std must be a finite number > 0, got {args.input_std}")
-    if args.input_mean is not None and not math.isfinite(args.input_mean):
-        raise UserError(f"--input-mean must be a finite number, got {args.input_mean}")
-    if args.input_color is not None and args.input_color.lower() not in ("rgb", "bgr"):
-        raise UserError(f"--input-color must be rgb or bgr (the channel order the model expects), "
-                        f"got {args.input_color!r}")
+    check_input_flags(args)
     check_output(args.output)
     paths = [args.model] if args.model else list(args.compare)
     for path in paths:
@@ -108,7 +122,8 @@ def _main(argv: Sequence[str] | None) -> int:
         report = evaluate_models(labels, sets, fprs=args.fpr, flip=not args.no_flip, batch_size=args.batch_size,
                                  chunk_size=args.chunk_size, dense=not args.no_dense, cache_dir=folder.cache_dir,
                                  providers=args.providers, progress=not args.no_progress,
-                                 input_mean=args.input_mean, input_std=args.input_std, input_color=args.input_color)
+                                 input_mean=args.input_mean, input_std=args.input_std, input_color=args.input_color,
+                                 calibrations=args.calibration)
         written = folder.publish(report)
     print(written["report.md"].read_text(encoding="utf-8"))
     print(f"fpr-eval: wrote {', '.join(str(p) for p in written.values())}")

@@ -9,6 +9,10 @@ Example::
     report = evaluate_models({"cifp": "cifp.onnx"}, [load_rfw("/data/RFW")], fprs=[1e-4, 1e-3],
                              cache_dir="eval_cache")
     report.write("eval_out")   # report.json, report.md, plots
+
+With ``calibrations`` (files from ``fpr-calibrate`` or :class:`fpr_plugin.eval.calibration.Calibration` objects),
+every model that a calibration was fitted for also gets an entry ``<label>+<method>``: the same sets and
+protocols on the calibrated scores, thresholds found the same way (one global threshold per overall FPR).
 """
 from __future__ import annotations
 
@@ -162,9 +166,9 @@ class _Options:
     progress: bool
 
 
-def _evaluate_set(label: str, model_path: Path, sha: str, embedder: Any, s: EvalSet, opt: _Options) -> SetResult:
-    from tqdm import tqdm
-
+def _set_embeddings(label: str, model_path: Path, sha: str, embedder: Any, s: EvalSet,
+                    opt: _Options) -> tuple[np.ndarray, bool]:
+    """A set's embeddings with one model (from the cache when there) and whether they came from the cache."""
     def compute() -> np.ndarray:
         return embed_set(embedder, s.images, opt.batch_size, opt.flip, f"{label} {s.name}", opt.progress)
 
@@ -176,6 +180,12 @@ def _evaluate_set(label: str, model_path: Path, sha: str, embedder: Any, s: Eval
     if not np.isfinite(emb).all():
         raise UserError(f"model {model_path} gives non-finite embeddings on {s.name}; expected finite "
                         "embeddings (is the model diverged?)")
+    return emb, cached
+
+
+def _evaluate_set(label: str, emb: np.ndarray, cached: bool, s: EvalSet, opt: _Options) -> SetResult:
+    from tqdm import tqdm
+
     result = SetResult(n_images=len(s.images), embeddings_cached=cached, notes=list(s.notes))
     if s.pairs is not None:
         result.pairs = evaluate_pairs(emb, s.pairs, opt.fprs)
@@ -192,7 +202,7 @@ def evaluate_models(models: Mapping[str, PathLike] | Sequence[PathLike], sets: S
                     chunk_size: int = 2048, dense: bool = True, cache_dir: PathLike | None = None,
                     providers: Sequence[str] | None = None, progress: bool = True,
                     input_mean: float | None = None, input_std: float | None = None,
-                    input_color: str | None = None) -> Report:
+                    input_color: str | None = None, calibrations: Sequence[Any] = ()) -> Report:
     """Every model on every set: accuracy, ROC and group FPRs at one global threshold per overall FPR.
 
     ``models``: ``{label: onnx path}``, or paths (labelled by file stem).
@@ -206,6 +216,9 @@ def evaluate_models(models: Mapping[str, PathLike] | Sequence[PathLike], sets: S
     127.5/127.5/RGB. A graph that lists stale inputs runs from a pruned copy in ``cache_dir/onnx``
     (default the user cache, :func:`fpr_plugin.eval.onnx_prune.default_cache_dir`).
     Every model is loaded, and so checked, before any set is embedded.
+    ``calibrations``: calibration files or objects (:mod:`fpr_plugin.eval.calibration`), each fitted for one of
+    the models (its SHA-256; else UserError naming both) on a set that shares no image with any test set (else
+    UserError; shared identity names only give a note): entries ``<label>+<method>`` beside the raw ones.
     """
     labels = ({str(k): Path(v) for k, v in models.items()} if isinstance(models, Mapping)
               else model_labels(models))
@@ -214,15 +227,90 @@ def evaluate_models(models: Mapping[str, PathLike] | Sequence[PathLike], sets: S
     inputs = {"input_mean": input_mean, "input_std": input_std, "input_color": input_color,
               "cache_dir": opt.cache_dir / "onnx" if opt.cache_dir is not None else None}
     embedders = {label: build_embedder(path, providers, batch_size, inputs) for label, path in labels.items()}
+    shas = {label: file_sha256(path) for label, path in labels.items()}
+    calibrated = _match_calibrations(calibrations, labels, shas, sets)
     results: dict[str, ModelResult] = {}
     with warnings.catch_warnings():
         # insightface's norm_crop calls a scikit-image method deprecated in 0.26, once per image
         warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")
         for label, path in labels.items():
-            sha = file_sha256(path)
+            sha = shas[label]
             info = getattr(embedders[label], "input_info", None)
             result = ModelResult(model=str(path), sha256=sha, input=info() if info else {})
+            extra = {name: ModelResult(model=str(path), sha256=sha, input={**result.input, "calibration": about})
+                     for name, (_, about) in calibrated.get(label, {}).items()}
             for s in sets:
-                result.datasets[s.name] = _evaluate_set(label, path, sha, embedders[label], s, opt)
+                emb, cached = _set_embeddings(label, path, sha, embedders[label], s, opt)
+                result.datasets[s.name] = _evaluate_set(label, emb, cached, s, opt)
+                for name, (calib, about) in calibrated.get(label, {}).items():
+                    extra[name].datasets[s.name] = _evaluate_calibrated(name, calib, about, emb, cached, s, opt)
             results[label] = result
+            results.update(extra)
     return Report(fprs=opt.fprs, models=results)
+
+
+def _match_calibrations(calibrations: Sequence[Any], labels: Mapping[str, Path], shas: Mapping[str, str],
+                        sets: Sequence[EvalSet]) -> dict[str, dict[str, tuple[Any, dict]]]:
+    """``{model label: {entry label: (calibration, its description)}}``; refuses a calibration fitted for none of
+    the models and one whose fit set shares images with a test set."""
+    from fpr_plugin.eval.calibration import Calibration, load_calibration
+    from fpr_plugin.eval.calibration.fitdata import image_digests
+
+    out: dict[str, dict[str, tuple[Any, dict]]] = {}
+    test_images = {s.name: set(image_digests(s)) for s in sets} if calibrations else {}
+    for item in calibrations:
+        calib = item if isinstance(item, Calibration) else load_calibration(item)
+        source = "calibration object" if isinstance(item, Calibration) else str(item)
+        owners = [label for label, sha in shas.items() if sha == calib.model_sha256]
+        if not owners:
+            given = ", ".join(f"{labels[label]} (sha256 {sha})" for label, sha in shas.items())
+            raise UserError(f"calibration {source} was fitted for model sha256 {calib.model_sha256 or '(none)'}; "
+                            f"the models given are {given}; expected a calibration made with fpr-calibrate for one "
+                            "of them")
+        fit_images = set(calib.fit_images)
+        for s in sets:
+            shared = fit_images & test_images[s.name]
+            if shared:
+                raise UserError(f"calibration {source} was fitted on set {calib.fit_set!r}, which shares "
+                                f"{len(shared)} image(s) with test set {s.name!r}; expected a calibration set whose "
+                                "identities are disjoint from the test set's")
+        about = {"method": calib.method, "source": source, "fit_set": calib.fit_set, "params": dict(calib.params)}
+        for label in owners:
+            entries = out.setdefault(label, {})
+            name = f"{label}+{calib.method}"
+            if name in entries:  # a second calibration of one method for one model
+                name = f"{name}-{len(entries) + 1}"
+            entries[name] = (calib, about)
+    return out
+
+
+def _evaluate_calibrated(name: str, calib: Any, about: dict, emb: np.ndarray, cached: bool, s: EvalSet,
+                         opt: _Options) -> SetResult:
+    """One calibrated entry on one set: the set's protocols on the calibration's scores."""
+    from tqdm import tqdm
+
+    from fpr_plugin.eval.calibration.fitdata import identity_digests, image_groups
+    from fpr_plugin.eval.calibration.protocols import calibrated_dense, dense_entry, pair_list_scores, pairs_entry
+
+    notes = list(s.notes) + [f"{name}: scores calibrated with {calib.method} fitted on {calib.fit_set!r} "
+                             f"({about['source']}); one global threshold on the calibrated scores"]
+    shared = set(calib.fit_identities) & set(identity_digests(s))
+    if shared:
+        notes.append(f"{name}: the calibration set {calib.fit_set!r} shares {len(shared)} identity name(s) with "
+                     f"{s.name}; its figures may be optimistic (expected disjoint identities)")
+    if "flip" in calib.embedding and bool(calib.embedding["flip"]) != opt.flip:
+        notes.append(f"{name}: the calibration was fitted on embeddings with flip={calib.embedding['flip']}, "
+                     f"this evaluation uses flip={opt.flip}")
+    result = SetResult(n_images=len(s.images), embeddings_cached=cached, notes=notes)
+    groups = image_groups(s) if calib.needs_groups else None
+    if calib.needs_groups and groups is None:
+        raise UserError(f"{name}: the {calib.method} calibration needs a group per image, which set {s.name} "
+                        "does not give")
+    if s.pairs is not None:
+        result.pairs = pairs_entry(pair_list_scores(emb, s.pairs, calib, groups), s.pairs, opt.fprs)
+    if s.identities is not None and (opt.dense or s.pairs is None):
+        with tqdm(total=count_tiles(s.image_groups, opt.chunk_size), desc=f"{name} {s.name} dense", unit="tile",
+                  disable=not opt.progress, leave=False) as bar:
+            dense = calibrated_dense(emb, s.identities, s.image_groups, calib, opt.fprs, opt.chunk_size, bar.update)
+        result.dense = dense_entry(dense, emb.shape[0])
+    return result

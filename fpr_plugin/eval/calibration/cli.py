@@ -128,6 +128,7 @@ def _main(argv: Sequence[str] | None) -> int:
     info = embedder.input_info()
     data = fit_data(eval_set, emb, args.max_pairs, args.seed,
                     embedding={"flip": not args.no_flip, "convention": info["convention"]})
+    data.name = f"{eval_set.name} ({args.fit})"
     if args.method == "oracle" and data.groups is None:
         raise UserError(f"--method oracle needs a group per image; --fit {args.fit} does not give one")
     options = {"model_sha256": file_sha256(args.model), "max_pairs": args.max_pairs}
