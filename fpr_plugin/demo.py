@@ -76,6 +76,15 @@ def _train(recipe: Path, loss: str, rec: Path, output: Path, seed: int, override
     return train(cfg)
 
 
+def _check_settings(recipe: Path, losses: Sequence[str], out: Path, seed: int, overrides: Sequence[str]) -> None:
+    """Every training's config, checked before anything is drawn or written (bad --set, loss or recipe: no leftovers)."""
+    from fpr_plugin.train.config import load_config
+
+    for loss in losses:
+        load_config(recipe, loss=loss, overrides=[f"rec={out / 'data' / 'train'}", f"output={out / 'runs' / loss}",
+                                                  f"seed={seed}", *overrides])
+
+
 def _evaluate(models: dict[str, Path], data: Path, report_dir: Path, progress: bool) -> None:
     """Both models side by side: the RFW-layout pair lists and the dense all-pairs set, into ``report_dir``."""
     from fpr_plugin.eval import ReportFolder, evaluate_models
@@ -101,6 +110,7 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = "demo", seed
     if not recipe.is_file():
         raise FileNotFoundError(f"demo recipe {recipe} not found (pass --recipe PATH)")
     out = Path(output)
+    _check_settings(recipe, losses, out, seed, [*SIZE_OVERRIDES[size], *overrides])
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from torch import nn
 from fpr_plugin.atomic import atomic_write
 from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.backbones.iresnet import IRESNET_LAYERS
+from fpr_plugin.text_files import read_text
 from fpr_plugin.backbones.state_dicts import (
     StateDictMismatch,
     check_state_dict,
@@ -129,8 +130,7 @@ def _is_state_dict(obj: Any) -> bool:
 
 def _load_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path, "the JSON config that fpr-train wrote beside the model"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
 
@@ -196,6 +196,10 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     state_dict, config = _backbone_entry(_torch_load(path, trust_checkpoint), path)
     state_dict = normalize_state_dict(state_dict)
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: tensor {key!r} holds non-finite values (NaN or inf); expected the finite "
+                             "weights of a trained model (a diverged run keeps its last good checkpoint instead)")
     from_keys = False
     if recipe is not None:
         config = _load_recipe(recipe)

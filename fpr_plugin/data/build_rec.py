@@ -19,6 +19,7 @@ import numpy as np
 
 from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap
 from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
+from fpr_plugin.text_files import read_text
 from fpr_plugin.data.image_folder import scan_image_folder
 from fpr_plugin.data.record_set import REC_NAME, record_paths, write_record_set
 from fpr_plugin.data.recordio import rebuild_index
@@ -40,12 +41,7 @@ def read_landmarks(path: str | os.PathLike, root: str | os.PathLike) -> dict[Pat
         raise FileNotFoundError(f"landmark file {path} does not exist")
     result: dict[Path, np.ndarray] = {}
     first_line = True
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start} is 0x{data[exc.start]:02x}); expected "
-                        "one 'image x1 y1 ... x5 y5' line per image") from None
+    text = read_text(path, "one 'image x1 y1 ... x5 y5' line per image", UserError)
     for number, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):

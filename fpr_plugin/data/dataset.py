@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fpr_plugin.data.image_folder import scan_image_folder
-from fpr_plugin.data.record_set import (IDX_NAME, PROPERTY_NAME, REC_NAME, read_groups, read_record_set,
+from fpr_plugin.data.record_set import (GROUPS_NAME, IDX_NAME, PROPERTY_NAME, REC_NAME, read_groups, read_record_set,
                                         record_paths)
 from fpr_plugin.data.recordio import IndexedRecordReader, unpack
 from fpr_plugin.face_input import INPUT_MEAN, INPUT_STD
@@ -84,9 +84,25 @@ class RecordDataset(_FaceDataset):
         self.num_image = info.num_image
         self.image_size = info.image_size
         self.image_keys = info.image_keys
+        self.labels = self._check_labels()
         if self.num_image:
             self._check_first_image()
         self.reader.close()  # reopened on first read, in whichever process reads
+
+    def _check_labels(self) -> np.ndarray:
+        """Every image record's label, from the headers: finite integers in ``[0, num_classes)`` (checked once)."""
+        values = self.reader.header_labels(self.image_keys)
+        whole = np.isfinite(values) & (values == np.round(values))
+        inside = whole & (values >= 0) & (values < self.num_classes)
+        bad = np.flatnonzero(~inside)
+        if bad.size:
+            i = int(bad[0])
+            key, value = int(self.image_keys[i]), float(values[i])
+            what = (f"label {value!r}; expected an integer class id in [0, {self.num_classes})" if not whole[i]
+                    else f"label {int(value)} is outside [0, num_classes={self.num_classes})")
+            raise ValueError(f"{self.reader.rec_path}, key {key}: {what} (num_classes from the record set's "
+                             f"property; {bad.size} bad label(s) in all, checked before training)")
+        return values.astype(np.int64)
 
     def _check_first_image(self) -> None:
         """The first image must decode to the ``property`` size (checked once, at the boundary)."""
@@ -159,7 +175,14 @@ class RecordSet:
         missing = [name for name in needed if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"record folder {str(folder)!r} lacks {', '.join(missing)}")
-        return cls(folder, RecordDataset(folder, random_flip=False), read_groups(folder))
+        dataset = RecordDataset(folder, random_flip=False)
+        groups = read_groups(folder)
+        outside = sorted(c for c in (groups or {}) if c >= dataset.num_classes)
+        if outside:
+            raise ValueError(f"{folder / GROUPS_NAME}: class id {outside[0]} is outside [0, num_classes="
+                             f"{dataset.num_classes}) of the record set ({len(outside)} such line(s)); expected "
+                             "'class_id<TAB>identity<TAB>group' lines for the set's classes")
+        return cls(folder, dataset, groups)
 
     def resolve_counts(self, num_classes: int | None, num_image: int | None) -> tuple[int, int]:
         """``(num_classes, num_image)`` of a config: the set's where None; ValueError when they contradict it.

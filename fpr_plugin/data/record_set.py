@@ -26,6 +26,7 @@ from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap, repl
 from fpr_plugin.data.recordio import (IndexedRecordReader, IndexedRecordWriter, IRHeader,
                                       RecordFormatError, pack, unpack)
 from fpr_plugin.face_input import IMAGE_SIZE
+from fpr_plugin.text_files import read_text
 
 REC_NAME, IDX_NAME, PROPERTY_NAME, GROUPS_NAME = "train.rec", "train.idx", "property", "groups.tsv"
 
@@ -56,15 +57,7 @@ def record_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def _read_text(path: Path, expected: str) -> str:
     """A small text file's contents; RecordFormatError naming it when it is not UTF-8 text."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecordFormatError(f"{path}: not a UTF-8 text file (byte {exc.start} is 0x{data[exc.start]:02x}); "
-                                f"expected {expected}") from None
-    if "\0" in text:
-        raise RecordFormatError(f"{path}: holds NUL bytes, a binary file; expected {expected}")
-    return text
+    return read_text(path, expected, RecordFormatError)
 
 
 def read_property(record_dir: str | os.PathLike) -> tuple[int, int, int] | None:

@@ -369,6 +369,12 @@ def load_config(recipe_path: str | Path, loss: str | None = None, overrides: Ite
         cfg["loss"] = loss
         origins["loss"] = f"--loss {loss}"
     cfg["recipe"] = path.stem
+    from fpr_plugin.registry import LOSSES
+
+    try:
+        LOSSES.get(cfg["loss"])  # an unknown name: UnknownNameError listing the known ones, located below
+    except KeyError as exc:
+        raise _located(ValueError(str(exc)), "loss", origins) from None
     try:
         cfg["loss_params"], cfg["loss_params_skipped"] = resolve_loss_params(cfg["loss"], cfg["loss_params"], explicit)
     except ValueError as exc:

@@ -265,20 +265,26 @@ class _Run:
             found = state.resume(self.output)
             if found is None:
                 self.logger.warning("resume: no complete checkpoint in %s, starting from scratch", self.output)
+                self._load_init_backbone()
             if self.env.is_main:
                 truncate_metrics(self.output / METRICS_NAME, state.global_step)
-        if found is None and cfg.get("init_backbone"):  # pretrained weights, for a fresh start only
-            from fpr_plugin.backbones.pretrained import load_init_backbone
-
-            load_init_backbone(state.backbone, cfg.init_backbone, cfg)
-            self.logger.info("initialised the backbone from init_backbone %s", cfg.init_backbone)
         if found is None or found.world_size != self.env.world_size:  # no saved RNG states for this rank
             seed_rngs(derive_seed(cfg.seed, 2, self.env.rank, state.global_step))
         self.resumed = found
 
+    def _load_init_backbone(self) -> None:
+        """Pretrained weights (``init_backbone``) into the backbone, for a fresh start only."""
+        if self.cfg.get("init_backbone"):
+            from fpr_plugin.backbones.pretrained import load_init_backbone
+
+            load_init_backbone(self.state.backbone, self.cfg.init_backbone, self.cfg)
+            self.logger.info("initialised the backbone from init_backbone %s", self.cfg.init_backbone)
+
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train from the current state to ``total_steps`` under the output's lock; returns a summary."""
+        if not self.cfg.resume:
+            self._load_init_backbone()  # before the output is locked and claimed: a bad file leaves nothing
         lock = lock_output(self.output, self.env)
         try:
             self._start_or_resume()

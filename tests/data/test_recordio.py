@@ -213,3 +213,43 @@ def test_index_with_a_repeated_key(tmp_path):
         IndexedRecordReader(idx, rec)
     idx.write_text("1\t12\n\n0\t0\n")  # blank lines and any key order are fine
     assert IndexedRecordReader(idx, rec).read_idx(1) == b"efgh"
+
+
+def test_header_labels_agree_with_unpacking_every_record(tmp_path, rng):
+    """The vectorised header scan gives the first label of each record, as unpacking it does (loop reference)."""
+    records = []
+    for i in range(400):
+        payload = bytes(rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8)) + (M if i % 7 == 0 else b"")
+        if i % 3 == 0:  # array label (flag > 0): the first float is the class
+            label = rng.normal(size=int(rng.integers(1, 4))).astype(np.float32)
+        else:
+            label = float(np.float32(rng.normal() * 1e3))
+        records.append(pack(IRHeader(0, label, i, 0), payload))
+    idx, rec = write_set(tmp_path, records)
+    reader = IndexedRecordReader(idx, rec)
+    keys = np.array(sorted(rng.choice(400, 250, replace=False)), dtype=np.int64)[::-1].copy()
+    expected = []
+    for k in keys:
+        header, _ = unpack(reader.read_idx(int(k)))
+        expected.append(float(header.label if header.flag == 0 else header.label[0]))
+    np.testing.assert_array_equal(reader.header_labels(keys), np.array(expected))
+    assert reader.header_labels(np.zeros(0, dtype=np.int64)).size == 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data, off: data[:off] + b"\x0b" + data[off + 1:], r"key 2\): bad magic 0xced7230b"),
+    (lambda data, off: data[:off + 4] + struct.pack("<I", 3 << 29 | 28) + data[off + 8:],
+     r"key 2\): unexpected continuation flag 3"),
+    (lambda data, off: data[:off + 20], r"key 2\): the file ends at"),  # cut inside key 2's header
+    (lambda data, off: data[:off + 4] + struct.pack("<I", 12) + data[off + 8:],
+     r"key 2\): record of 12 bytes cannot hold its 24-byte header"),
+])
+def test_header_labels_name_the_damaged_record(tmp_path, damage, message):
+    records = [pack(IRHeader(0, float(i), i, 0), b"x" * 8) for i in range(4)]
+    idx, rec = write_set(tmp_path, records)
+    lines = idx.read_text().splitlines()
+    offset = int(lines[2].split()[1])
+    rec.write_bytes(damage(rec.read_bytes(), offset))
+    idx.write_text("".join(line + "\n" for line in lines[:3]))  # keys 0-2 (key 3 may be cut off)
+    with pytest.raises(RecordFormatError, match=message):
+        IndexedRecordReader(idx, rec).header_labels(np.arange(3))

@@ -63,52 +63,6 @@ CASES: list[Case] = []
 #: case id -> one-line symptom, for cases that fail because of a bug outside the corpus's files; the test
 #: skips them naming the case and the symptom (pytest's summary lists every one). Remove an entry once fixed.
 KNOWN_FAILING: dict[str, str] = {
-    "train-rec-bitflip-magic-middle-image":
-        "a damaged record after the first image is found only when its batch is read: exit 2 with a clear line, but "
-        "the run has started and leaves out/config.json, training.log, metrics.jsonl "
-        "(data/dataset.py checks key 1 only)",
-    "train-label-nan-middle-image":
-        "a NaN label after the first image is found only when its batch is read: out/ is left with config.json, "
-        "training.log, metrics.jsonl (labels are not validated at the boundary, data/dataset.py)",
-    "train-label-out-of-range-middle-image":
-        "an out-of-range label at key 10 is found at step 2: out/ is left with a step-1 checkpoint, model.pt, "
-        "config.json and logs (data/dataset.py)",
-    "train-groups-class-out-of-range":
-        "groups.tsv naming class 99 of a 4-class set is accepted silently: exit 0, the run trains "
-        "(data/record_set.py read_groups / data/dataset.py RecordSet.open)",
-    "train-recipe-loss-unknown":
-        "a recipe's unknown loss is not located: 'unknown loss 'cosfase'...' names neither the recipe nor its line, "
-        "unlike every other recipe value (train/config.py)",
-    "train-init-backbone-missing":
-        "init_backbone is read after the output is claimed: out/ and out/config.json are left (train/trainer.py)",
-    "train-init-backbone-zero-byte":
-        "init_backbone is read after the output is claimed: out/ and out/config.json are left (train/trainer.py)",
-    "train-init-backbone-malicious":
-        "refused by name, but after the output is claimed: out/ and out/config.json are left (train/trainer.py)",
-    "train-init-backbone-text-file":
-        "init_backbone is read after the output is claimed: out/ and out/config.json are left (train/trainer.py)",
-    "eval-bin-fewer-pairs-than-folds":
-        "'cannot cut 4 pairs into 10 folds' names no file (eval/sets/bin.py calls metrics.consecutive_folds)",
-    "eval-pairs-csv-fewer-pairs-than-folds":
-        "'cannot cut 4 pairs into 10 folds' names no file (eval/sets/tables.py calls metrics.consecutive_folds)",
-    "eval-pairs-csv-not-utf8":
-        "a byte that is not UTF-8 gives a bare \"'utf-8' codec can't decode byte 0xff\" naming no file "
-        "(eval/sets/base.py csv_header/read_csv_rows)",
-    "eval-rfw-lmk-binary":
-        "a binary _lmk.txt gives a bare \"'utf-8' codec can't decode byte 0x80\" naming no file (eval/sets/rfw.py)",
-    "eval-bfw-binary-datatable":
-        "a binary datatable gives a bare \"'utf-8' codec can't decode byte 0xff\" naming no file (eval/sets/base.py)",
-    "export-nan-weights":
-        "a model.pt full of NaN is exported without a word: exit 0, model.onnx written (export.py / model_file.py)",
-    "export-config-json-binary":
-        "a binary config.json beside model.pt gives a bare \"'utf-8' codec can't decode byte 0xff\" naming no file "
-        "(model_file.py)",
-    "demo-set-lr-1e999":
-        "the error line is clear, but only after the benchmark was drawn: out/ and out/data are left (demo.py checks "
-        "the recipe and --set only when training starts)",
-    "demo-loss-unknown":
-        "the demo draws the data and trains cosface before it finds the unknown loss: out/data and out/runs/cosface "
-        "are left, and the training's log lines precede the error (demo.py)",
 }
 
 

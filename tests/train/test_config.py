@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpr_plugin.train.config import fill_from_records, load_config
+from fpr_plugin.train.config import ConfigError, fill_from_records, load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 BUPT = sorted(RECIPES.glob("bupt_*.py"))
@@ -102,7 +102,7 @@ def test_set_overrides_with_type_checks():
 
 
 def test_unknown_loss_names_the_closest():
-    with pytest.raises(KeyError, match="cosface"):
+    with pytest.raises(ConfigError, match=r"^--loss cosfase: unknown loss 'cosfase'\. Did you mean 'cosface'\?"):
         load_config(RECIPES / "bupt_balancedface_r34.py", loss="cosfase")
 
 

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fpr_plugin.face_input import IMAGE_SIZE
+from fpr_plugin.text_files import open_text
 
 #: EXIF orientations that turn the picture by 90 degrees (the decoder swaps width and height)
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
@@ -216,12 +217,22 @@ class EvalSet:
         return f"{safe}-{self.images.key()}"
 
 
+def fold_ids(n_pairs: int, n_folds: int, source: str) -> np.ndarray:
+    """:func:`fpr_plugin.eval.metrics.consecutive_folds` for the pair list read from ``source`` (named on error)."""
+    from fpr_plugin.eval.metrics import consecutive_folds
+
+    if n_pairs < n_folds:
+        raise ValueError(f"{source}: cannot cut {n_pairs} pairs into {n_folds} folds; expected at least "
+                         f"{n_folds} pairs for the {n_folds}-fold protocol")
+    return consecutive_folds(n_pairs, n_folds)
+
+
 # --------------------------------------------------------------------------- CSV helpers (pair/dense CSVs, BFW)
 def csv_header(path: Path) -> list[str]:
     """The first row of a CSV file (empty when the file is missing: the reader then names it)."""
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open_text(path, "a comma-separated table with a header row") as handle:
         return next(csv.reader(handle), [])
 
 
@@ -229,7 +240,7 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, di
     """``(line number, row)`` of every data row; the header must hold ``required``, every row every column."""
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open_text(path, f"a comma-separated table with the columns {list(required)}") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]

@@ -8,8 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fpr_plugin.eval.metrics import consecutive_folds
-from fpr_plugin.eval.sets.base import EvalSet, ImageSet, PairList
+from fpr_plugin.eval.sets.base import EvalSet, ImageSet, PairList, fold_ids
 from fpr_plugin.eval.sets.rfw import RFW_RACES, missing_races_note
 
 
@@ -103,7 +102,7 @@ def load_bin(path: str | Path, group: str | None = None, n_folds: int = 10, name
     group = group or path.stem
     n = issame.shape[0]
     pairs = PairList(np.arange(2 * n, dtype=np.int64).reshape(n, 2), issame,
-                     np.array([group] * n, dtype=object), consecutive_folds(n, n_folds))
+                     np.array([group] * n, dtype=object), fold_ids(n, n_folds, str(path)))
     pairs.check(str(path))
     image_set = _aligned_images(images, [f"{path}, image #{i}" for i in range(len(images))])
     return EvalSet(name or f"bin-{path.stem}", image_set, pairs)
@@ -123,7 +122,7 @@ def load_rfw_bin(directory: str | Path, races: Sequence[str] | None = None, n_fo
         notes.append(missing_races_note(directory, missing, "<Race>_test.bin"))
     for race in races:
         images, issame = read_bin(directory / f"{race}_test.bin")
-        folds = consecutive_folds(issame.shape[0], n_folds)
+        folds = fold_ids(issame.shape[0], n_folds, str(directory / f"{race}_test.bin"))
         base = len(sources)
         sources.extend(images)
         names.extend(f"{directory / f'{race}_test.bin'}, image #{i}" for i in range(len(images)))

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fpr_plugin.eval.metrics import consecutive_folds
-from fpr_plugin.eval.sets.base import EvalSet, ImageSet, PairList
+from fpr_plugin.eval.sets.base import EvalSet, ImageSet, PairList, fold_ids
+from fpr_plugin.text_files import open_text
 
 RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
 
@@ -34,7 +34,7 @@ def read_rfw_landmarks(path: Path) -> dict[str, tuple[np.ndarray, int]]:
     ``test/data/<Race>/<id>/<file>``, ``./...``, or any path ending in ``<id>/<file>``.
     """
     out = {}
-    with open(path, encoding="utf-8") as handle:
+    with open_text(path, "'path label x1 y1 ... x5 y5' lines") as handle:
         for lineno, line in enumerate(handle, 1):
             fields = line.split()
             if not fields:
@@ -57,7 +57,7 @@ def read_rfw_pairs(path: Path) -> list[tuple[str, int, str, int, bool, int]]:
     (tab separated; other whitespace accepted).
     """
     out = []
-    with open(path, encoding="utf-8") as handle:
+    with open_text(path, "'id n1 n2' (same person) and 'id1 n1 id2 n2' (different) lines") as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -133,7 +133,7 @@ def load_rfw(root: str | Path, races: Sequence[str] | None = None, n_folds: int 
             image_groups.append(race)
             names.append(str(path))
         pairs = read_rfw_pairs(pairs_file)
-        folds = consecutive_folds(len(pairs), n_folds)
+        folds = fold_ids(len(pairs), n_folds, str(pairs_file))
         for (id1, n1, id2, n2, same, lineno), fold in zip(pairs, folds):
             ends = []
             for ident, num in ((id1, n1), (id2, n2)):

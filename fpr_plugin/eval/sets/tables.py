@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fpr_plugin.eval.metrics import consecutive_folds
-from fpr_plugin.eval.sets.base import EvalSet, ImageIndex, ImageSet, PairList, csv_header, parse_flag, read_csv_rows
+from fpr_plugin.eval.sets.base import (EvalSet, ImageIndex, ImageSet, PairList, csv_header, fold_ids, parse_flag,
+                                       read_csv_rows)
 
 LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(1, 6) for axis in ("x", "y")]
 
@@ -41,7 +41,7 @@ def load_pairs_csv(path: str | Path, image_root: str | Path | None = None, n_fol
     if not explicit_folds:
         for name in dict.fromkeys(pairs.groups.tolist()):
             mask = pairs.groups == name
-            pairs.folds[mask] = consecutive_folds(int(mask.sum()), n_folds)
+            pairs.folds[mask] = fold_ids(int(mask.sum()), n_folds, f"{path}, group {name!r}")
     pairs.check(str(path))
     return EvalSet(f"pairs-{path.stem}", ImageSet(index.paths, root=root), pairs)
 
