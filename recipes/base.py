@@ -48,6 +48,12 @@ config.num_image = None
 config.random_flip = True
 # DataLoader worker processes per rank (0 loads in the training process).
 config.num_workers = 2
+# Before training, read every image record's header and check its label (a
+# finite integer in [0, num_classes)) and framing, so a bad record stops the run
+# before it writes anything. One pass over the file's pages (about a read of the
+# .rec); False checks the first record only, for sets of WebFace42M size on slow
+# storage.
+config.check_labels = True
 
 # ---- optimisation ----------------------------------------------------------
 # Number of passes over the data.

@@ -75,7 +75,7 @@ class RecordDataset(_FaceDataset):
     """
 
     def __init__(self, path: str | os.PathLike, transform: Transform | None = None,
-                 random_flip: bool = True):
+                 random_flip: bool = True, check_labels: bool = True):
         super().__init__(transform, random_flip)
         rec, idx = record_paths(path)
         self.reader = IndexedRecordReader(idx, rec)
@@ -84,25 +84,24 @@ class RecordDataset(_FaceDataset):
         self.num_image = info.num_image
         self.image_size = info.image_size
         self.image_keys = info.image_keys
-        self.labels = self._check_labels()
+        self._check_labels(self.image_keys if check_labels else self.image_keys[:1])
         if self.num_image:
             self._check_first_image()
         self.reader.close()  # reopened on first read, in whichever process reads
 
-    def _check_labels(self) -> np.ndarray:
-        """Every image record's label, from the headers: finite integers in ``[0, num_classes)`` (checked once)."""
-        values = self.reader.header_labels(self.image_keys)
+    def _check_labels(self, keys: np.ndarray) -> None:
+        """The labels of the image records ``keys`` (from their headers) must be integers in ``[0, num_classes)``."""
+        values = self.reader.header_labels(keys)
         whole = np.isfinite(values) & (values == np.round(values))
         inside = whole & (values >= 0) & (values < self.num_classes)
         bad = np.flatnonzero(~inside)
         if bad.size:
             i = int(bad[0])
-            key, value = int(self.image_keys[i]), float(values[i])
+            key, value = int(keys[i]), float(values[i])
             what = (f"label {value!r}; expected an integer class id in [0, {self.num_classes})" if not whole[i]
                     else f"label {int(value)} is outside [0, num_classes={self.num_classes})")
             raise ValueError(f"{self.reader.rec_path}, key {key}: {what} (num_classes from the record set's "
                              f"property; {bad.size} bad label(s) in all, checked before training)")
-        return values.astype(np.int64)
 
     def _check_first_image(self) -> None:
         """The first image must decode to the ``property`` size (checked once, at the boundary)."""
@@ -160,11 +159,12 @@ class RecordSet:
         return self.dataset.num_image
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None) -> "RecordSet":
+    def open(cls, path: str | os.PathLike | None, check_labels: bool = True) -> "RecordSet":
         """Open the folder ``path`` (``train.rec``, ``train.idx``, ``property``, optional ``groups.tsv``).
 
         FileNotFoundError naming the folder and the files expected in it; the
-        record header, the property file and the first image are checked once here.
+        record header, the property file, the first image and (``check_labels``) every
+        record's label and framing are checked once here.
         """
         needed = (REC_NAME, IDX_NAME, PROPERTY_NAME)
         folder = Path(path) if path else None
@@ -175,7 +175,7 @@ class RecordSet:
         missing = [name for name in needed if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"record folder {str(folder)!r} lacks {', '.join(missing)}")
-        dataset = RecordDataset(folder, random_flip=False)
+        dataset = RecordDataset(folder, random_flip=False, check_labels=check_labels)
         groups = read_groups(folder)
         outside = sorted(c for c in (groups or {}) if c >= dataset.num_classes)
         if outside:

@@ -397,5 +397,5 @@ def fill_from_records(cfg: EasyDict) -> EasyDict:
     """
     from fpr_plugin.data.dataset import RecordSet
 
-    cfg.num_classes, cfg.num_image = RecordSet.open(cfg.rec).resolve_counts(cfg.num_classes, cfg.num_image)
+    cfg.num_classes, cfg.num_image = RecordSet.open(cfg.rec, check_labels=False).resolve_counts(cfg.num_classes, cfg.num_image)
     return cfg

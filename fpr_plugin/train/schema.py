@@ -111,6 +111,10 @@ KEYS: tuple[Key, ...] = (
         "position, so data order and flips are reproducible and resumable).", "data"),
     Key("num_workers", int, 2, "DataLoader worker processes per rank (0 loads in the training process).",
         "data", interval="[0, inf)", resumable=True),
+    Key("check_labels", bool, True, "Before training, read every image record's header and check its label "
+        "(a finite integer in [0, num_classes)) and framing, so a bad record stops the run before it writes "
+        "anything. One pass over the file's pages (about a read of the .rec); False checks the first record "
+        "only, for sets of WebFace42M size on slow storage.", "data", resumable=True),
     # ---- optimisation
     Key("num_epoch", int, 20, "Number of passes over the data.", "optimisation", interval="(0, inf)"),
     Key("batch_size", int, 128, "GLOBAL batch size (all ranks together); each rank gets batch_size / "

@@ -232,7 +232,7 @@ class _Run:
         self.cfg, self.env, self.overwrite = cfg, env, overwrite
         self.logger = get_logger()
         self.output = Path(cfg.output)
-        records = RecordSet.open(cfg.rec)
+        records = RecordSet.open(cfg.rec, check_labels=cfg.check_labels)
         cfg.num_classes, cfg.num_image = records.resolve_counts(cfg.num_classes, cfg.num_image)
         self.sampler = GlobalBatchSampler(cfg.num_image, cfg.batch_size, rank=env.rank, world_size=env.world_size,
                                           seed=cfg.seed, random_flip=cfg.random_flip)

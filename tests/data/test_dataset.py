@@ -145,3 +145,14 @@ def test_image_folder_dataset(tmp_path, make_image):
         tensor, label = ds[i]
         assert label == [0, 1, 1, 2][i]
         np.testing.assert_allclose(tensor.numpy(), expected_tensor(images[key], flip=False), atol=1e-6)
+
+
+def test_check_labels_false_reads_only_the_first_header(tmp_path, make_image):
+    """check_labels=False (huge sets on slow storage) defers a bad label to the batch that reads it."""
+    folder = _headerless_set(tmp_path / "rs", [0, 1, 7], make_image, 3)
+    with pytest.raises(ValueError, match=r"key 2: label 7 is outside"):
+        RecordDataset(folder)
+    ds = RecordDataset(folder, check_labels=False)
+    assert ds[1][1] == 1
+    with pytest.raises(ValueError, match=r"key 2: label 7 is outside \[0, num_classes=3\)"):
+        ds[2]

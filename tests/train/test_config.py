@@ -176,7 +176,7 @@ def test_resumable_keys_come_from_the_schema():
     # paths, logging, saving and where to stop may change; anything shaping the trajectory may not
     assert schema.RESUMABLE_KEYS == {"resume", "output", "rec", "num_workers", "frequent", "save_every",
                                      "keep_checkpoints", "max_steps", "tensorboard", "loss_params_skipped",
-                                     "init_backbone"}
+                                     "init_backbone", "check_labels"}
     assert not {"lr", "seed", "batch_size", "loss", "loss_params", "network", "num_classes"} & schema.RESUMABLE_KEYS
 
 
