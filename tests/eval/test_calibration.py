@@ -202,10 +202,11 @@ def test_fsn_matches_the_paper_formula_with_loops(fit_set, test_pairs):
     assert len(set(np.round(delta, 9))) > 1  # the clusters do get different offsets
 
 
-def _loop_cluster_maps(fit_set, cluster, n, l2):
+def _loop_cluster_maps(fit_set, cluster, n, l2, within=False):
     x = unit(fit_set.embeddings)
     rows = [(dot(x[i], x[j]), same, cluster[i], cluster[j])
-            for (i, j), same in zip(fit_set.pairs.tolist(), fit_set.issame.tolist())]
+            for (i, j), same in zip(fit_set.pairs.tolist(), fit_set.issame.tolist())
+            if not within or cluster[i] == cluster[j]]
     maps, sizes = [], []
     for c in range(n):
         mine = [(s, y) for s, y, p, q in rows if p == c or q == c]
@@ -236,11 +237,12 @@ def test_faircal_matches_the_paper_formula_with_loops(fit_set, test_pairs):
     assert len(set(ka) | set(kb)) > 1
 
 
-def test_oracle_uses_the_true_groups(fit_set, test_pairs):
-    calib = Oracle.fit(fit_set, l2=1e-2)
+@pytest.mark.parametrize("within", [True, False])
+def test_oracle_uses_the_true_groups(fit_set, test_pairs, within):
+    calib = Oracle.fit(fit_set, l2=1e-2, within_groups=within)
     names = list(dict.fromkeys(fit_set.groups.tolist()))
     cluster = [names.index(g) for g in fit_set.groups.tolist()]
-    maps, sizes = _loop_cluster_maps(fit_set, cluster, len(names), 1e-2)
+    maps, sizes = _loop_cluster_maps(fit_set, cluster, len(names), 1e-2, within)
     a, b, ga, gb = test_pairs
     expected = _loop_mixture(a, b, [names.index(g) for g in ga], [names.index(g) for g in gb], maps, sizes)
     np.testing.assert_allclose(calib.score(a, b, ga, gb), expected, atol=2e-6)

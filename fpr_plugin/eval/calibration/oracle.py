@@ -1,7 +1,10 @@
 """Oracle: FairCal's per-cluster beta calibration with the true group labels as the clusters (an upper bound).
 
 It needs the group of every calibration image and of both images of every test
-pair; a test group the fit set did not have is an error.
+pair; a test group the fit set did not have is an error. With ``within_groups``
+(the default) a group's map is fitted on the calibration pairs whose two images are
+both in it (the within-group pairs the dense protocol evaluates, and the kind of
+pairs RFW's lists hold); else on every pair with at least one image in it, as FairCal.
 """
 from __future__ import annotations
 
@@ -24,15 +27,16 @@ class Oracle(ClusterBeta):
 
     @classmethod
     def fit(cls, data: FitData, l2: float = DEFAULT_L2, model_sha256: str = "",
-            max_pairs: int = DEFAULT_MAX_PAIRS) -> "Oracle":
+            max_pairs: int = DEFAULT_MAX_PAIRS, within_groups: bool = True) -> "Oracle":
         """Fit on ``data``, whose ``groups`` must be given."""
         if data.groups is None:
             raise ValueError(f"the oracle calibration needs a group per image; set {data.name or '?'} gives none")
         names = [str(g) for g in dict.fromkeys(data.groups.tolist())]
         index = {g: i for i, g in enumerate(names)}
         labels = np.array([index[str(g)] for g in data.groups.tolist()], np.int64)
-        maps = fit_cluster_maps(data.scores, data.issame, data.pairs, labels, len(names), l2)
-        return cls({"l2": float(l2), "max_pairs": int(max_pairs)}, {"groups": names, **maps}, model_sha256,
+        keep = labels[data.pairs[:, 0]] == labels[data.pairs[:, 1]] if within_groups else slice(None)
+        maps = fit_cluster_maps(data.scores[keep], data.issame[keep], data.pairs[keep], labels, len(names), l2)
+        return cls({"l2": float(l2), "max_pairs": int(max_pairs), "within_groups": bool(within_groups)}, {"groups": names, **maps}, model_sha256,
                    data.name, data.image_digests, data.identity_digests, data.embedding)
 
     def assign(self, unit_embeddings: np.ndarray, groups: Any = None) -> np.ndarray:
@@ -53,8 +57,11 @@ class Oracle(ClusterBeta):
 
     @classmethod
     def check_params(cls, fields: Fields) -> dict:
+        within = fields.get("within_groups")
+        if not isinstance(within, bool):
+            raise fields.error("within_groups", "true or false", within)
         return {"l2": float(fields.number("l2", 0.0)),
-                "max_pairs": int(fields.number("max_pairs", 1, 2**63, integer=True))}
+                "max_pairs": int(fields.number("max_pairs", 1, 2**63, integer=True)), "within_groups": within}
 
     @classmethod
     def check_state(cls, fields: Fields, params: dict) -> dict:
