@@ -23,13 +23,14 @@ from torch import nn
 from fpr_plugin.atomic import atomic_write
 from fpr_plugin.backbones import backbone_from_config
 from fpr_plugin.backbones.iresnet import IRESNET_LAYERS
-from fpr_plugin.text_files import read_text
 from fpr_plugin.backbones.state_dicts import (
     StateDictMismatch,
     check_state_dict,
     infer_iresnet,
+    non_finite_tensor,
     normalize_state_dict,
 )
+from fpr_plugin.text_files import read_text
 
 __all__ = [
     "MODEL_NAME",
@@ -196,10 +197,10 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     state_dict, config = _backbone_entry(_torch_load(path, trust_checkpoint), path)
     state_dict = normalize_state_dict(state_dict)
-    for key, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{path}: tensor {key!r} holds non-finite values (NaN or inf); expected the finite "
-                             "weights of a trained model (a diverged run keeps its last good checkpoint instead)")
+    bad = non_finite_tensor(state_dict)
+    if bad is not None:
+        raise ValueError(f"{path}: tensor {bad!r} holds non-finite values (NaN or inf); expected the finite "
+                         "weights of a trained model (a diverged run keeps its last good checkpoint instead)")
     from_keys = False
     if recipe is not None:
         config = _load_recipe(recipe)

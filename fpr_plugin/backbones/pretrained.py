@@ -23,6 +23,7 @@ from fpr_plugin.backbones.state_dicts import (
     StateDictMismatch,
     check_state_dict,
     infer_iresnet,
+    non_finite_tensor,
     normalize_state_dict,
 )
 
@@ -59,6 +60,10 @@ def read_backbone_state(path: str | os.PathLike, what: str = "init_backbone") ->
     if not _is_state_dict(obj):
         found = f"keys {sorted(map(str, obj))[:6]}" if isinstance(obj, Mapping) else type(obj).__name__
         raise InitBackboneError(f"{what} {path} is not a backbone state dict (found {found})")
+    bad = non_finite_tensor(obj)
+    if bad is not None:
+        raise InitBackboneError(f"{what} {path}: tensor {bad!r} holds non-finite values (NaN or inf); expected "
+                                "the finite weights of a trained backbone")
     return normalize_state_dict(obj)
 
 

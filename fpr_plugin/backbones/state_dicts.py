@@ -54,6 +54,14 @@ def normalize_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     return result
 
 
+def non_finite_tensor(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The first floating-point entry of ``state_dict`` holding a NaN or an infinity, or None."""
+    for key, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return key
+    return None
+
+
 @dataclass(frozen=True)
 class IResNetSpec:
     """The IResNet a state dict holds: depth name, blocks per stage, embedding size, width, stem stride."""

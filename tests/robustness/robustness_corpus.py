@@ -341,6 +341,15 @@ _init_backbone_case("zero-byte", lambda path, work: path.write_bytes(b""), "{wor
 _init_backbone_case("malicious", lambda path, work: torch_save(malicious_payloads(work)["os-mkdir"], path),
                     "{work}/backbone.pth")
 _init_backbone_case("text-file", lambda path, work: path.write_text("weights\n"), "{work}/backbone.pth")
+_init_backbone_case("nan-weights", lambda path, work: torch_save(
+    {"conv1.weight": _tensor_of(float("nan"), (4, 3, 3, 3))}, path), "{work}/backbone.pth", "conv1.weight",
+    "non-finite")
+
+
+def _tensor_of(value: float, shape: tuple[int, ...]):
+    import torch
+
+    return torch.full(shape, value)
 
 
 # ------------------------------------------------------------------------------------------ fpr-eval
