@@ -75,7 +75,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
                                            "loss_params.penalty_grad=embeddings")),
 }
 #: The group each design makes hard (None: no group should stand out).
-HARD_GROUP = {"dense": "Dense", "varied": "Dense", "tight": "Dense", "tighter": "Dense", "rare": "Rare",
+HARD_GROUP = {"dense": "Dense", "varied": "Dense", "tight": "Dense", "tighter": "Dense", "tightest": "Dense",
+              "rare": "Rare",
               "control": None, "null": None}
 FPRS = (1e-4, 1e-3, 1e-2)
 SHARE_FACTOR = 1.4  # the hard group must hold >= this multiple of its row share above T_u
