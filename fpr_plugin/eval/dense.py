@@ -15,7 +15,7 @@ false-positive count at every threshold comes from the same pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -127,7 +127,17 @@ def iter_tiles(group_bounds: Sequence[tuple[int, int]], chunk_size: int) -> Iter
                 yield g, i0, i1, j0, min(j0 + chunk_size, b)
 
 
-def prepare(embeddings: Any, identities: Any, groups: Any, normalize: bool = True):
+class Prepared(NamedTuple):
+    """Embeddings sorted by (group, identity) and what the pass needs of them (:func:`prepare`)."""
+
+    x: np.ndarray  # [N, D], sorted (and L2-normalised unless told not to)
+    id_sorted: np.ndarray  # identity code of each sorted row
+    group_names: list[str]  # in order of first appearance
+    bounds: list[tuple[int, int]]  # each group's row range in the sorted order
+    order: np.ndarray  # sorted row -> input row
+
+
+def prepare(embeddings: Any, identities: Any, groups: Any, normalize: bool = True) -> Prepared:
     """Validate, L2-normalise and sort embeddings by (group, identity); returns the pieces the pass needs."""
     x = np.asarray(embeddings)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -150,7 +160,7 @@ def prepare(embeddings: Any, identities: Any, groups: Any, normalize: bool = Tru
     for g in range(len(group_names)):
         idx = np.nonzero(group_sorted == g)[0]
         bounds.append((int(idx[0]), int(idx[-1]) + 1))
-    return x, id_sorted, group_names, bounds
+    return Prepared(x, id_sorted, group_names, bounds, order)
 
 
 def _pair_counts(id_sorted: np.ndarray, bounds: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -164,13 +174,21 @@ def _pair_counts(id_sorted: np.ndarray, bounds: Sequence[tuple[int, int]]) -> tu
     return n_imp, n_gen
 
 
+#: ``score_tile(cosines [i, j], keys of the rows [i], keys of the columns [j]) -> scores [i, j]``
+TileScore = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def dense_fairness(embeddings: Any, identities: Any, groups: Any, fprs: Sequence[float] = DEFAULT_FPRS,
                    chunk_size: int = 2048, normalize: bool = True,
-                   progress: Callable[[int], Any] | None = None) -> DenseResult:
+                   progress: Callable[[int], Any] | None = None, score_tile: TileScore | None = None,
+                   tile_keys: Any = None) -> DenseResult:
     """Global threshold at each overall FPR over all within-group impostor pairs, and every group's FPR/TPR there.
 
     ``embeddings`` ``[N, D]`` (float32 stays float32), ``identities`` and ``groups`` ``[N]``.
     ``progress``, if given, is called with the number of tiles done after each tile.
+    ``score_tile``, if given, turns each tile's cosines into the scores the protocol
+    thresholds (a post-hoc calibration), given ``tile_keys[N]`` (e.g. each embedding's
+    cluster) of the tile's rows and columns.
     Memory: one ``chunk_size x chunk_size`` tile plus a buffer of about
     ``2 * max(fprs) * #impostors`` candidates.
     """
@@ -179,7 +197,12 @@ def dense_fairness(embeddings: Any, identities: Any, groups: Any, fprs: Sequence
         raise ValueError("fprs must hold at least one target FPR")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    x, id_sorted, group_names, bounds = prepare(embeddings, identities, groups, normalize)
+    x, id_sorted, group_names, bounds, order = prepare(embeddings, identities, groups, normalize)
+    if score_tile is not None:
+        keys = np.asarray(tile_keys)
+        if keys.shape[:1] != (x.shape[0],):
+            raise ValueError(f"tile_keys must hold one entry per embedding ({x.shape[0]}), got shape {keys.shape}")
+        keys = keys[order]
     n_imp, n_gen = _pair_counts(id_sorted, bounds)
     for name, ni, ng in zip(group_names, n_imp, n_gen):
         if ni == 0 or ng == 0:
@@ -191,6 +214,8 @@ def dense_fairness(embeddings: Any, identities: Any, groups: Any, fprs: Sequence
 
     for g, i0, i1, j0, j1 in iter_tiles(bounds, chunk_size):
         sim = x[i0:i1] @ x[j0:j1].T
+        if score_tile is not None:
+            sim = np.array(score_tile(sim, keys[i0:i1], keys[j0:j1]), dtype=sim.dtype)
         same_id_possible = id_sorted[i1 - 1] >= id_sorted[j0]  # identities are sorted inside a group
         if same_id_possible or j0 < i1:
             rows = np.arange(i0, i1)[:, None]

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fpr_plugin.eval import metrics
-from fpr_plugin.eval.dense import dense_fairness
+from fpr_plugin.eval.dense import DenseResult, dense_fairness
 from fpr_plugin.eval.sets.base import PairList
 
 #: points kept per compact curve in report.json (exact curve values at log-spaced FPRs)
@@ -36,10 +36,19 @@ def _fpr_vs_threshold(imp_desc: np.ndarray, n_impostor: int) -> dict:
     return {"threshold": thresholds.tolist(), "fpr": (counts / n_impostor).tolist()}
 
 
+def pair_cosines(embeddings: np.ndarray, pairs: PairList) -> np.ndarray:
+    """Cosine similarity of every pair of a pair list (float64)."""
+    x = l2_normalize(embeddings, np.float64)
+    return np.einsum("ij,ij->i", x[pairs.pairs[:, 0]], x[pairs.pairs[:, 1]])
+
+
 def evaluate_pairs(embeddings: np.ndarray, pairs: PairList, fprs: Sequence[float]) -> dict:
     """Accuracy (k-fold per group, avg, std), ROC per group, TPR at each FPR, group FPRs at the global threshold."""
-    x = l2_normalize(embeddings, np.float64)
-    scores = np.einsum("ij,ij->i", x[pairs.pairs[:, 0]], x[pairs.pairs[:, 1]])
+    return pairs_report(pair_cosines(embeddings, pairs), pairs, fprs)
+
+
+def pairs_report(scores: np.ndarray, pairs: PairList, fprs: Sequence[float]) -> dict:
+    """:func:`evaluate_pairs` for given pair scores (cosines, or a calibration's scores)."""
     accuracy = metrics.group_kfold_accuracy(scores, pairs.issame, pairs.groups, pairs.folds)
     roc, curves, tpr_at = {}, {}, {}
     for group in dict.fromkeys(pairs.groups.tolist()):
@@ -60,6 +69,11 @@ def evaluate_dense(embeddings: np.ndarray, identities: Any, groups: Any, fprs: S
                    chunk_size: int = 2048, progress: Callable[[int], Any] | None = None) -> dict:
     """Dense protocol numbers plus compact curves: group FPR vs threshold and group ROC (down to the top candidates)."""
     result = dense_fairness(embeddings, identities, groups, fprs, chunk_size=chunk_size, progress=progress)
+    return dense_report(result, np.asarray(embeddings).shape[0])
+
+
+def dense_report(result: DenseResult, n_images: int) -> dict:
+    """The report's dense dict (numbers and compact curves) of a :class:`~fpr_plugin.eval.dense.DenseResult`."""
     curves, roc = {}, {}
     for gi, group in enumerate(result.groups):
         thresholds, fpr = result.fpr_curve(group)
@@ -70,5 +84,5 @@ def evaluate_dense(embeddings: np.ndarray, identities: Any, groups: Any, fprs: S
         tpr = (gen.shape[0] - np.searchsorted(gen, thresholds, side="right")) / max(gen.shape[0], 1)
         curves[group] = {"threshold": thresholds.tolist(), "fpr": fpr.tolist()}
         roc[group] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-    return {"n_images": int(np.asarray(embeddings).shape[0]), "n_impostor": result.n_impostor,
+    return {"n_images": int(n_images), "n_impostor": result.n_impostor,
             "n_genuine": result.n_genuine, "at_fpr": result.at_fpr, "fpr_vs_threshold": curves, "roc": roc}

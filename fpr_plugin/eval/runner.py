@@ -290,7 +290,8 @@ def _evaluate_calibrated(name: str, calib: Any, about: dict, emb: np.ndarray, ca
     from tqdm import tqdm
 
     from fpr_plugin.eval.calibration.fitdata import identity_digests, image_groups
-    from fpr_plugin.eval.calibration.protocols import calibrated_dense, dense_entry, pair_list_scores, pairs_entry
+    from fpr_plugin.eval.calibration.protocols import calibrated_dense, pair_list_scores
+    from fpr_plugin.eval.evaluate import dense_report, pairs_report
 
     notes = list(s.notes) + [f"{name}: scores calibrated with {calib.method} fitted on {calib.fit_set!r} "
                              f"({about['source']}); one global threshold on the calibrated scores"]
@@ -307,10 +308,10 @@ def _evaluate_calibrated(name: str, calib: Any, about: dict, emb: np.ndarray, ca
         raise UserError(f"{name}: the {calib.method} calibration needs a group per image, which set {s.name} "
                         "does not give")
     if s.pairs is not None:
-        result.pairs = pairs_entry(pair_list_scores(emb, s.pairs, calib, groups), s.pairs, opt.fprs)
+        result.pairs = pairs_report(pair_list_scores(emb, s.pairs, calib, groups), s.pairs, opt.fprs)
     if s.identities is not None and (opt.dense or s.pairs is None):
         with tqdm(total=count_tiles(s.image_groups, opt.chunk_size), desc=f"{name} {s.name} dense", unit="tile",
                   disable=not opt.progress, leave=False) as bar:
             dense = calibrated_dense(emb, s.identities, s.image_groups, calib, opt.fprs, opt.chunk_size, bar.update)
-        result.dense = dense_entry(dense, emb.shape[0])
+        result.dense = dense_report(dense, emb.shape[0])
     return result

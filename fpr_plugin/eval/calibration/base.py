@@ -109,6 +109,22 @@ class Fields:
         return list(value)
 
 
+def cluster_params(fields: Fields) -> dict:
+    """The parameters every k-means method stores: clusters (used, requested), seed, max_pairs."""
+    return {"clusters": int(fields.number("clusters", 1, 1e7, integer=True)),
+            "clusters_requested": int(fields.number("clusters_requested", 1, 1e9, integer=True)),
+            "seed": int(fields.number("seed", 0, 2**63, True)),
+            "max_pairs": int(fields.number("max_pairs", 1, 2**63, integer=True))}
+
+
+def check_centroids(fields: Fields, k: int) -> np.ndarray:
+    """The stored ``[k, D]`` k-means centroids (D >= 1)."""
+    centroids = fields.array("centroids", (k, None))
+    if centroids.shape[1] < 1:
+        raise fields.error("centroids", "a non-empty [K, D] list")
+    return centroids
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

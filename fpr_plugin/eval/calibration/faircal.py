@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fpr_plugin.eval.calibration.base import METHODS, Calibration, Fields
+from fpr_plugin.eval.calibration.base import METHODS, Calibration, Fields, check_centroids, cluster_params
 from fpr_plugin.eval.calibration.beta import beta_features, fit_beta
 from fpr_plugin.eval.calibration.fitdata import DEFAULT_MAX_PAIRS, FitData
 from fpr_plugin.eval.calibration.kmeans import effective_clusters, kmeans
@@ -87,18 +87,12 @@ class FairCal(ClusterBeta):
 
     @classmethod
     def check_params(cls, fields: Fields) -> dict:
-        return {"clusters": int(fields.number("clusters", 1, 1e7, integer=True)),
-                "clusters_requested": int(fields.number("clusters_requested", 1, 1e9, integer=True)),
-                "seed": int(fields.number("seed", 0, 2**63, True)), "l2": float(fields.number("l2", 0.0)),
-                "max_pairs": int(fields.number("max_pairs", 1, 2**63, integer=True))}
+        return {**cluster_params(fields), "l2": float(fields.number("l2", 0.0))}
 
     @classmethod
     def check_state(cls, fields: Fields, params: dict) -> dict:
         k = params["clusters"]
-        centroids = fields.array("centroids", (k, None))
-        if centroids.shape[1] < 1:
-            raise fields.error("centroids", "a non-empty [K, D] list")
-        return {"centroids": centroids, **cls._check_maps(fields, k)}
+        return {"centroids": check_centroids(fields, k), **cls._check_maps(fields, k)}
 
 
 METHODS[FairCal.method] = FairCal

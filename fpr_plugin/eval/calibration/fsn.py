@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fpr_plugin.eval.calibration.base import METHODS, Calibration, Fields
+from fpr_plugin.eval.calibration.base import METHODS, Calibration, Fields, check_centroids, cluster_params
 from fpr_plugin.eval.calibration.fitdata import DEFAULT_MAX_PAIRS, FitData
 from fpr_plugin.eval.calibration.kmeans import effective_clusters, kmeans
 from fpr_plugin.eval.metrics import check_fpr, rank_at_fpr, threshold_at_fpr
@@ -67,18 +67,12 @@ class FSN(Calibration):
 
     @classmethod
     def check_params(cls, fields: Fields) -> dict:
-        return {"clusters": int(fields.number("clusters", 1, 1e7, integer=True)),
-                "clusters_requested": int(fields.number("clusters_requested", 1, 1e9, integer=True)),
-                "fpr": float(fields.number("fpr", 1e-300, 1.0)), "seed": int(fields.number("seed", 0, 2**63, True)),
-                "max_pairs": int(fields.number("max_pairs", 1, 2**63, integer=True))}
+        return {**cluster_params(fields), "fpr": float(fields.number("fpr", 1e-300, 1.0))}
 
     @classmethod
     def check_state(cls, fields: Fields, params: dict) -> dict:
         k = params["clusters"]
-        centroids = fields.array("centroids", (k, None))
-        if centroids.shape[1] < 1:
-            raise fields.error("centroids", "a non-empty [K, D] list")
-        return {"centroids": centroids, "thresholds": fields.array("thresholds", (k,)),
+        return {"centroids": check_centroids(fields, k), "thresholds": fields.array("thresholds", (k,)),
                 "global_threshold": float(fields.number("global_threshold")),
                 "impostor_counts": fields.array("impostor_counts", (k,), integer=True, low=0)}
 
