@@ -121,3 +121,20 @@ def write_bfw(root: Path, ids_per_group=3, images_per_id=3, size=(124, 108), see
         writer.writerow(BFW_HEADER)
         writer.writerows(rows)
     return {"rows": rows, "people": people}
+
+
+def tiny_linear_onnx(path, seed: int = 0, emb: int = 16) -> np.ndarray:
+    """``data [N,3,112,112] -> Flatten -> MatMul W -> fc1 [N, emb]`` saved at ``path``; returns W (numpy can redo it)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(size=(3 * 112 * 112, emb)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["data"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["fc1"])],
+        "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", emb])],
+        initializer=[numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return w

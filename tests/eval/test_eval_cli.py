@@ -4,12 +4,10 @@ import os
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from insightface.utils import face_align
-from onnx import TensorProto, helper, numpy_helper
 
-from eval_fixtures import aligned_faces, write_bin
+from eval_fixtures import aligned_faces, tiny_linear_onnx, write_bin
 from fpr_plugin.eval import cli, metrics, runner
 
 EMB = 16
@@ -17,16 +15,7 @@ EMB = 16
 
 def tiny_model(path, seed=0):
     """``data [N,3,112,112] -> Flatten -> MatMul W -> [N, 16]``: an embedding we can recompute with numpy."""
-    w = np.random.default_rng(seed).normal(size=(3 * 112 * 112, EMB)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["data"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["fc1"])],
-        "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", EMB])],
-        initializer=[numpy_helper.from_array(w, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return w
+    return tiny_linear_onnx(path, seed, EMB)
 
 
 def numpy_embed(faces_bgr, w):

@@ -18,7 +18,7 @@ EVAL_TESTS = Path(__file__).resolve().parents[1] / "eval"
 if str(EVAL_TESTS) not in sys.path:
     sys.path.insert(0, str(EVAL_TESTS))
 
-from eval_fixtures import aligned_faces, jpeg, write_bfw, write_bin, write_rfw  # noqa: E402
+from eval_fixtures import aligned_faces, jpeg, tiny_linear_onnx, write_bfw, write_bin, write_rfw  # noqa: E402
 
 NUM_CLASSES, PER_CLASS = 4, 4
 EMB = 8
@@ -72,18 +72,7 @@ def write_records(folder: Path, num_classes: int = NUM_CLASSES, per_class: int =
 
 def tiny_onnx(path: Path, seed: int = 0) -> Path:
     """``data [N,3,112,112] -> Flatten -> MatMul -> fc1 [N, EMB]``."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(seed).normal(size=(3 * 112 * 112, EMB)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["data"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["fc1"])],
-        "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", EMB])],
-        initializer=[numpy_helper.from_array(w, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    tiny_linear_onnx(path, seed, EMB)
     return path
 
 
