@@ -13,17 +13,12 @@ One module per method (:mod:`.fsn`, :mod:`.faircal`, :mod:`.oracle`) over
 """
 from fpr_plugin.eval.calibration.base import METHODS, Calibration, load_calibration
 from fpr_plugin.eval.calibration.faircal import FairCal
+from fpr_plugin.eval.calibration.fit import calibrate_model, fit_calibration
 from fpr_plugin.eval.calibration.fitdata import FitData, fit_data
 from fpr_plugin.eval.calibration.fsn import FSN
 from fpr_plugin.eval.calibration.oracle import Oracle
 from fpr_plugin.eval.calibration.scorer import FairScorer
 
-__all__ = ["Calibration", "FSN", "FairCal", "FairScorer", "FitData", "METHODS", "Oracle", "fit_calibration",
-           "fit_data", "load_calibration"]
+__all__ = ["Calibration", "FSN", "FairCal", "FairScorer", "FitData", "METHODS", "Oracle", "calibrate_model",
+           "fit_calibration", "fit_data", "load_calibration"]
 
-
-def fit_calibration(method: str, data: FitData, **options) -> Calibration:
-    """Fit ``method`` ("fsn", "faircal", "oracle") on ``data``; ``options`` are that method's ``fit`` keywords."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    return METHODS[method].fit(data, **options)

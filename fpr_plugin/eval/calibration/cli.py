@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
-from fpr_plugin.eval.calibration import fit_calibration
-from fpr_plugin.eval.calibration.fitdata import DEFAULT_MAX_PAIRS, fit_data
+from fpr_plugin.eval.calibration import calibrate_model
+from fpr_plugin.eval.calibration.fitdata import DEFAULT_MAX_PAIRS, image_groups
 
 FORMATS = ("auto", "rfw", "rfw-bin", "bfw", "bin", "pairs", "dense")
 
@@ -101,9 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from fpr_plugin.eval.cache import file_sha256
     from fpr_plugin.eval.cli import check_input_flags
-    from fpr_plugin.eval.runner import build_embedder, embed_set
 
     args = build_parser().parse_args(argv)
     check_input_flags(args)
@@ -120,30 +118,18 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.model.is_file():
         raise FileNotFoundError(f"model file not found: {args.model}")
     eval_set = load_fit_set(args.fit, args.fit_format)
-    embedder = build_embedder(args.model, args.providers, args.batch_size,
-                              {"input_mean": args.input_mean, "input_std": args.input_std,
-                               "input_color": args.input_color})
-    emb = embed_set(embedder, eval_set.images, args.batch_size, not args.no_flip, f"embed {eval_set.name}",
-                    not args.no_progress)
-    info = embedder.input_info()
-    data = fit_data(eval_set, emb, args.max_pairs, args.seed,
-                    embedding={"flip": not args.no_flip, "convention": info["convention"]})
-    data.name = f"{eval_set.name} ({args.fit})"
-    if args.method == "oracle" and data.groups is None:
+    if args.method == "oracle" and image_groups(eval_set) is None:
         raise UserError(f"--method oracle needs a group per image; --fit {args.fit} does not give one")
-    options = {"model_sha256": file_sha256(args.model), "max_pairs": args.max_pairs}
-    if args.method == "fsn":
-        options.update(clusters=args.clusters, fpr=args.fpr, seed=args.seed)
-    elif args.method == "faircal":
-        options.update(clusters=args.clusters, seed=args.seed, l2=args.l2)
-    else:
-        options.update(l2=args.l2)
-    calibration = fit_calibration(args.method, data, **options)
+    calibration = calibrate_model(args.model, eval_set, args.method, clusters=args.clusters, fpr=args.fpr,
+                                  seed=args.seed, l2=args.l2, max_pairs=args.max_pairs, flip=not args.no_flip,
+                                  batch_size=args.batch_size, providers=args.providers,
+                                  input_mean=args.input_mean, input_std=args.input_std,
+                                  input_color=args.input_color, name=f"{eval_set.name} ({args.fit})",
+                                  progress=not args.no_progress)
     calibration.save(args.output)
     k = calibration.params.get("clusters")
     extra = "" if k is None else f", K={k}" + ("" if k == args.clusters else f" (asked {args.clusters})")
-    print(f"fpr-calibrate: {args.method} on {eval_set.name} ({len(eval_set.images)} images, "
-          f"{data.pairs.shape[0]} pairs{extra}) -> {args.output}")
+    print(f"fpr-calibrate: {args.method} on {eval_set.name} ({len(eval_set.images)} images{extra}) -> {args.output}")
     return 0
 
 
