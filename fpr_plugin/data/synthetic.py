@@ -136,7 +136,7 @@ SIZES: dict[str, SizeSpec] = {
 # ----------------------------------------------------------------------------------------------
 
 FOLDS = 10
-_TRAIN, _TEST = 0, 1  # stream ids of the per-image random generators
+_TRAIN, _TEST, _CALIB = 0, 1, 2  # stream ids of the per-image random generators
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,7 @@ class Benchmark:
     groups: tuple[GroupSpec, ...]
     train: tuple[FaceIdentity, ...]  # index = class id
     test: tuple[FaceIdentity, ...]
+    calib: tuple[FaceIdentity, ...] = ()  # a calibration split: other identities of the same groups
 
 
 def train_identity_count(size: SizeSpec, group: GroupSpec) -> int:
@@ -167,13 +168,21 @@ def build_benchmark(seed: int = 0, size: str | SizeSpec = "demo", design: str = 
     if size.test_identities < 2 * FOLDS or size.test_images < 2:
         raise ValueError(f"test_identities must be >= {2 * FOLDS} and test_images >= 2, got {size}")
     groups = DESIGNS[design]
-    train, test = [], []
+    train, test, calib = [], [], []
     for index, group in enumerate(groups):
         rng = np.random.default_rng([seed, 7, index])
         prefix = group.name.lower()
         train += [sample_identity(rng, group, f"{prefix}.train{i:04d}") for i in range(train_identity_count(size, group))]
         test += [sample_identity(rng, group, f"{prefix}.test{i:04d}") for i in range(size.test_identities)]
-    return Benchmark(seed, size, design, groups, tuple(train), tuple(test))
+        calib_rng = np.random.default_rng([seed, 13, index])  # its own stream: train and test draws unchanged
+        calib += [sample_identity(calib_rng, group, f"{prefix}.calib{i:04d}")
+                  for i in range(calibration_identity_count(size))]
+    return Benchmark(seed, size, design, groups, tuple(train), tuple(test), tuple(calib))
+
+
+def calibration_identity_count(size: SizeSpec) -> int:
+    """Identities per group of the calibration split: half the test identities, at least 4."""
+    return max(4, size.test_identities // 2)
 
 
 def _image_rng(seed: int, stream: int, identity_index: int, image_index: int) -> np.random.Generator:
@@ -234,17 +243,13 @@ def _write_test_sets(bench: Benchmark, root: Path, progress: bool) -> dict:
             (root / "dense" / "images" / group.name / identity.name).mkdir(parents=True, exist_ok=True)
             folder.mkdir(parents=True, exist_ok=True)
             for number in range(1, bench.size.test_images + 1):
-                rng = _image_rng(bench.seed, _TEST, index, number)
-                photo, landmarks = render_photo(identity, rng)
-                data = encode_jpeg(photo, _jpeg_quality(rng))
+                data, aligned, landmarks = _stored_photo(identity, _image_rng(bench.seed, _TEST, index, number))
                 name = _image_name(identity.name, number)
                 (folder / name).write_bytes(data)
                 coords = "\t".join(f"{v:.3f}" for v in landmarks.reshape(-1))
                 lmk_lines.append(f"./test/data/{group.name}/{identity.name}/{name}\t{label}\t{coords}\n")
-                # the dense set holds what an aligner makes of the stored (JPEG) photo
-                stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
                 relative = f"images/{group.name}/{identity.name}/{name}"
-                (root / "dense" / relative).write_bytes(encode_jpeg(align_face(stored, landmarks), 95))
+                (root / "dense" / relative).write_bytes(aligned)
                 dense_rows.append((relative, identity.name, group.name))
                 bar.update(1)
         txts = rfw / "txts" / group.name
@@ -260,10 +265,43 @@ def _write_test_sets(bench: Benchmark, root: Path, progress: bool) -> dict:
         counts[group.name] = {"test_identities": len(members), "test_images": len(members) * bench.size.test_images,
                               "pairs": len(lines)}
     bar.close()
-    with open(root / "dense" / "dense.csv", "w", newline="") as handle:
+    _write_dense_csv(root / "dense" / "dense.csv", dense_rows)
+    return counts
+
+
+def _stored_photo(identity: FaceIdentity, rng: np.random.Generator) -> tuple[bytes, bytes, np.ndarray]:
+    """One photo as stored (JPEG bytes), what an aligner makes of the stored photo (JPEG), and its landmarks."""
+    photo, landmarks = render_photo(identity, rng)
+    data = encode_jpeg(photo, _jpeg_quality(rng))
+    stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return data, encode_jpeg(align_face(stored, landmarks), 95), landmarks
+
+
+def _write_dense_csv(path: Path, rows: Sequence[tuple[str, str, str]]) -> None:
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "identity", "group"])
-        writer.writerows(dense_rows)
+        writer.writerows(rows)
+
+
+def _write_calibration_set(bench: Benchmark, root: Path, progress: bool) -> dict:
+    """Write ``calib/`` (aligned crops + ``calib.csv``, the dense CSV layout): identities not in the test set."""
+    rows, counts = [], {}
+    bar = _progress(len(bench.calib) * bench.size.test_images, "calibration images", progress)
+    for index, identity in enumerate(bench.calib):
+        folder = root / "calib" / "images" / identity.group / identity.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(1, bench.size.test_images + 1):
+            _, aligned, _ = _stored_photo(identity, _image_rng(bench.seed, _CALIB, index, number))
+            name = _image_name(identity.name, number)
+            (folder / name).write_bytes(aligned)
+            rows.append((f"images/{identity.group}/{identity.name}/{name}", identity.name, identity.group))
+            bar.update(1)
+        entry = counts.setdefault(identity.group, {"identities": 0, "images": 0})
+        entry["identities"] += 1
+        entry["images"] += bench.size.test_images
+    bar.close()
+    _write_dense_csv(root / "calib" / "calib.csv", rows)
     return counts
 
 
@@ -291,7 +329,7 @@ def _counted(samples: Iterator[tuple[int, bytes]], bar) -> Iterator[tuple[int, b
 
 def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | SizeSpec = "demo", design: str = "rare",
                    overwrite: bool = False, progress: bool = False) -> dict:
-    """Generate a synthetic benchmark in ``out_dir`` (train record set, RFW layout, dense set).
+    """Generate a synthetic benchmark in ``out_dir`` (train record set, RFW layout, dense set, calibration split).
 
     The folder is built under a temporary name beside ``out_dir`` (``.<out>.partial-<pid>-*``)
     and swapped in as a whole (:func:`fpr_plugin.atomic.replace_folder`) when complete; the
@@ -324,6 +362,7 @@ def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | Siz
                                   image_size=(ALIGNED_SIZE, ALIGNED_SIZE), groups=groups)
         bar.close()
         test_counts = _write_test_sets(bench, tmp, progress)
+        calib_counts = _write_calibration_set(bench, tmp, progress)
         manifest = {
             "seed": seed, "size_name": size if isinstance(size, str) else None, "size": asdict(bench.size),
             "design": design,
@@ -331,7 +370,8 @@ def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | Siz
             "train": {"num_classes": int(record["num_classes"]), "num_image": int(record["num_image"]),
                       "identities_per_group": {g.name: sum(i.group == g.name for i in bench.train) for g in bench.groups}},
             "test": test_counts,
-            "paths": {"train": "train", "rfw": "rfw", "dense": "dense/dense.csv"},
+            "calibration": calib_counts,
+            "paths": {"train": "train", "rfw": "rfw", "dense": "dense/dense.csv", "calibration": "calib/calib.csv"},
         }
         (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2) + "\n")
         replace_folder(tmp, out)

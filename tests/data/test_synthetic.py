@@ -159,3 +159,22 @@ def test_cli_writes_the_tiny_benchmark(tmp_path, capsys):
     assert "training identities" in capsys.readouterr().out
     assert read_record_set(out / "train").num_classes == 4 * syn.SIZES["tiny"].train_identities
     assert set(read_groups(out / "train").values()) == {"A", "B", "C", "D"}
+
+
+def test_calibration_split_holds_other_identities_of_every_group(mini):
+    """calib/calib.csv: half as many identities per group as the test set, none of them a test identity."""
+    import csv
+
+    from fpr_plugin.eval.sets import load_dense_csv
+
+    out, manifest = mini
+    assert manifest["paths"]["calibration"] == "calib/calib.csv"
+    rows = list(csv.DictReader(open(out / "calib" / "calib.csv")))
+    test_rows = list(csv.DictReader(open(out / "dense" / "dense.csv")))
+    assert not {r["identity"] for r in rows} & {r["identity"] for r in test_rows}
+    for group in ("Common1", "Common2", "Common3", "Rare"):
+        ids = {r["identity"] for r in rows if r["group"] == group}
+        assert len(ids) == MINI.test_identities // 2 == manifest["calibration"][group]["identities"]
+        assert sum(r["group"] == group for r in rows) == len(ids) * MINI.test_images
+    calib = load_dense_csv(out / "calib" / "calib.csv")
+    assert len(calib.images) == len(rows) and all((out / "calib" / r["path"]).is_file() for r in rows)
