@@ -13,7 +13,7 @@ import torch
 from fpr_plugin import demo
 from fpr_plugin.data.record_set import read_groups, read_record_set
 
-GROUPS = {"Common1", "Common2", "Common3", "Rare"}
+GROUPS = {"Common1", "Common2", "Common3", "Dense"}  # the default design, tight
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def tiny_demo(tmp_path_factory) -> tuple[Path, dict]:
 def test_record_set_and_runs(tiny_demo):
     out, summary = tiny_demo
     info = read_record_set(out / "data" / "train")
-    assert info.num_classes == summary["train"]["num_classes"] == 3 * 8 + 2
+    assert info.num_classes == summary["train"]["num_classes"] == 4 * 8
     assert set(read_groups(out / "data" / "train").values()) == GROUPS
     configs = {}
     for loss in ("cosface", "fpr_penalty"):
@@ -47,6 +47,14 @@ def test_record_set_and_runs(tiny_demo):
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         assert records, f"{run}/metrics.jsonl is empty"
     # the comparison is paired: same data, same seed, only the loss differs
+    pairs = json.loads((out / "runs" / "fpr_penalty_pairs" / "config.json").read_text())
+    assert pairs["loss"] == "fpr_penalty" and pairs["loss_params"]["negatives"] == "pairs"
+    assert configs["fpr_penalty"]["loss_params"].get("negatives", "classes") == "classes"
+    # the calibration files are fitted for each model on other identities than the test set's
+    from fpr_plugin.eval.calibration import load_calibration
+
+    calib = load_calibration(out / "calibration" / "cosface.faircal.json")
+    assert calib.method == "faircal" and "calibration split" in calib.fit_set
     assert configs["cosface"]["seed"] == configs["fpr_penalty"]["seed"] == 1
     assert configs["cosface"]["rec"] == configs["fpr_penalty"]["rec"]
     assert "gamma_u" in configs["fpr_penalty"]["loss_params"] and "gamma_u" not in configs["cosface"]["loss_params"]
@@ -71,7 +79,8 @@ def test_onnx_models_embed_aligned_faces(tiny_demo):
 def test_report_has_every_group_for_both_models(tiny_demo):
     out, summary = tiny_demo
     report = json.loads((out / "report" / "report.json").read_text())
-    assert set(report["models"]) == {"cosface", "fpr_penalty"}
+    raw = {"cosface", "fpr_penalty", "fpr_penalty_pairs"}
+    assert set(report["models"]) == raw | {f"{m}+faircal" for m in raw}
     for name, model in report["models"].items():
         datasets = model["datasets"]
         assert set(datasets["rfw"]["pairs"]["accuracy"]["groups"]) == GROUPS
@@ -80,11 +89,13 @@ def test_report_has_every_group_for_both_models(tiny_demo):
         measured = [entry for entry in dense[0]["at_fpr"] if entry["measurable"]]
         assert [entry["target_fpr"] for entry in dense[0]["at_fpr"]] == [1e-4, 1e-3, 1e-2]
         assert measured and all(set(entry["groups"]) == GROUPS for entry in measured)
-    assert "Rare" in (out / "report" / "report.md").read_text()
+    assert "Dense" in (out / "report" / "report.md").read_text() and "cosface+faircal" in (
+        out / "report" / "report.md").read_text()
     assert list((out / "report").glob("*.png"))
     assert sorted(p.name for p in out.rglob(".*")) == [], "no lock, temporary or partial folder left"
     assert list((out / "report" / "cache").glob("*.npy")), "embeddings cached beside the report"
-    assert set(summary["timings"]) >= {"data_s", "train_cosface_s", "train_fpr_penalty_s", "export_s", "eval_s"}
+    assert set(summary["timings"]) >= {"data_s", "train_cosface_s", "train_fpr_penalty_s", "train_fpr_penalty_pairs_s",
+                                       "export_s", "calibration_s", "eval_s"}
     assert json.loads((out / "demo.json").read_text())["paths"]["report"] == str(out / "report")
 
 
@@ -105,7 +116,7 @@ def test_rerun_reuses_matching_data_only(tiny_demo, tmp_path):
     out, _ = tiny_demo
     record = out / "data" / "train" / "train.rec"
     before = record.stat().st_mtime_ns
-    manifest = demo._prepare_data(out / "data", 1, "tiny", "rare", progress=False)
+    manifest = demo._prepare_data(out / "data", 1, "tiny", "tight", progress=False)
     assert record.stat().st_mtime_ns == before and manifest["seed"] == 1 and manifest["size_name"] == "tiny"
     other = tmp_path / "data"
     other.mkdir()

@@ -36,6 +36,6 @@ def test_killed_make_synthetic_leaves_no_output_and_the_next_run_cleans_up(tmp_p
     manifest = syn.make_synthetic(out, seed=3, size=MINI, design="rare")
     assert f"note: removed {tmp_path / left[0]}, left by an interrupted fpr-make-synthetic" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]
-    assert sorted(p.name for p in out.iterdir()) == ["dense", "rfw", "synthetic.json", "train"]
+    assert sorted(p.name for p in out.iterdir()) == ["calib", "dense", "rfw", "synthetic.json", "train"]
     assert read_record_set(out / "train").num_image == manifest["train"]["num_image"] == 2 * sum(
         manifest["train"]["identities_per_group"].values())
