@@ -14,15 +14,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap, replace_folder
+from fpr_plugin.atomic import partial_folder, replace_folder
 from fpr_plugin.data.recordio import (IndexedRecordReader, IndexedRecordWriter, IRHeader,
                                       RecordFormatError, pack, unpack)
 from fpr_plugin.face_input import IMAGE_SIZE
@@ -258,12 +256,7 @@ def write_record_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, by
     """
     out_dir = Path(out_dir)
     height, width = (int(v) for v in image_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for line in recover_folder_swap(out_dir):
-        print(f"note: {line}", file=sys.stderr)
-    for left in clean_stale_temporaries(out_dir.parent, only_for=out_dir.name):
-        print(f"note: removed {left}, left by an interrupted build", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
+    tmp = partial_folder(out_dir, "build")
     try:
         num_classes, num_image = _write_layout(tmp, samples)
         (tmp / PROPERTY_NAME).write_text(f"{num_classes},{height},{width}\n", encoding="utf-8")

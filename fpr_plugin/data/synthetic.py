@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -337,7 +336,7 @@ def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | Siz
     ``out_dir`` raises FileExistsError unless ``overwrite``.
     Returns the manifest also written to ``out_dir/synthetic.json``.
     """
-    from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap, replace_folder
+    from fpr_plugin.atomic import partial_folder, replace_folder
     from fpr_plugin.data.record_set import write_record_set
 
     out = Path(out_dir)
@@ -349,12 +348,7 @@ def make_synthetic(out_dir: str | os.PathLike, *, seed: int = 0, size: str | Siz
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} already exists (pass overwrite=True / --overwrite to replace it)")
     bench = build_benchmark(seed, size, design)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for line in recover_folder_swap(out):
-        print(f"note: {line}", file=sys.stderr)
-    for left in clean_stale_temporaries(out.parent, only_for=out.name):
-        print(f"note: removed {left}, left by an interrupted fpr-make-synthetic", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    tmp = partial_folder(out, "fpr-make-synthetic")
     try:
         groups = {label: (ident.name, ident.group) for label, ident in enumerate(bench.train)}
         bar = _progress(len(bench.train) * bench.size.train_images, "train images", progress)
