@@ -74,7 +74,7 @@ def test_bupt_recipe_translates_to_the_hosts_keys():
     assert out.loss == "fpr_penalty" and out.loss_params == {"gamma_u": 1e-4, "p": 2.0, "alpha": 1.0}  # s, m: margin_list
     assert out.lr_steps == [20, 32, 36] and out.num_epoch == 40 and out.fp16 is True
     assert out.num_classes == 28000 and out.save_all_states is True and out.val_targets == []
-    assert set(dropped) == {"save_every", "keep_checkpoints", "tensorboard"}
+    assert set(dropped) == {"save_every", "keep_checkpoints", "tensorboard", "check_labels"}
     arc, _ = translate_recipe(bupt("arcface"), HOST_BASE, world_size=8)
     assert tuple(arc.margin_list) == (1.0, 0.5, 0.0)
 

@@ -46,8 +46,8 @@ FIXED = {"momentum": (0.9, "its SGD uses momentum 0.9"), "grad_clip": (5.0, "it 
          "backbone_params": ({}, "get_model takes only the network name, dropout, fp16 and num_features"),
          "max_steps": (None, "it always trains num_epoch epochs"),
          "init_backbone": (None, "train_v2.py has no pretrained-weights option (fine-tune with fpr-train)")}
-# Recipe keys about our own trainer's bookkeeping; the host keeps its own (dropped with a notice).
-OWN_BOOKKEEPING = ("save_every", "keep_checkpoints", "tensorboard")
+# Recipe keys about our own trainer's bookkeeping and checks; the host keeps its own (dropped with a notice).
+OWN_BOOKKEEPING = ("save_every", "keep_checkpoints", "tensorboard", "check_labels")
 # Keys load_config adds that are not recipe keys.
 DERIVED = ("recipe", "loss_params", "loss_params_skipped", "batch_size", "fp16")
 
