@@ -31,6 +31,7 @@ __all__ = [
     "temporary_name_parts",
     "clean_stale_temporaries",
     "HOSTNAME",
+    "clean_interrupted",
     "partial_folder",
     "replace_folder",
     "recover_folder_swap",
@@ -166,19 +167,24 @@ def clean_stale_temporaries(folder: str | os.PathLike, only_for: str | None = No
     return removed
 
 
-def partial_folder(target: str | os.PathLike, what: str) -> Path:
-    """A new temporary folder ``.<target>.partial-<pid>-*`` beside ``target`` to build it in.
-
-    First restores or drops what an interrupted swap of ``target`` left, and removes the
-    temporaries of dead writers of ``target``, naming each on stderr (``what``: who left it).
-    Finish with :func:`replace_folder` (or remove the folder on failure).
-    """
+def clean_interrupted(target: str | os.PathLike, what: str) -> None:
+    """Restore or drop what an interrupted swap of the folder ``target`` left, and remove the temporaries
+    of its dead writers, naming each on stderr (``what``: the kind of run that left them)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     for line in recover_folder_swap(target):
         print(f"note: {line}", file=sys.stderr)
     for left in clean_stale_temporaries(target.parent, only_for=target.name):
         print(f"note: removed {left}, left by an interrupted {what}", file=sys.stderr)
+
+
+def partial_folder(target: str | os.PathLike, what: str) -> Path:
+    """A new temporary folder ``.<target>.partial-<pid>-*`` beside ``target`` to build it in.
+
+    First :func:`clean_interrupted`. Finish with :func:`replace_folder` (or remove the folder on failure).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_interrupted(target, what)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
 
 

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from fpr_plugin.atomic import clean_stale_temporaries, recover_folder_swap
+from fpr_plugin.atomic import clean_interrupted
 from fpr_plugin.cli_errors import UserError, add_debug_flag, run_cli
 from fpr_plugin.text_files import read_text
 from fpr_plugin.data.image_folder import scan_image_folder
@@ -132,10 +132,7 @@ def build_record_set(src: str | os.PathLike, out: str | os.PathLike, *,
         raise UserError(f"--workers must be an integer >= 0 (0: encode in this process), got {workers!r}")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder; expected a folder (or a new name) for the record set")
-    for line in recover_folder_swap(out):  # a replacement killed half-way: the old set back first
-        print(f"note: {line}", file=sys.stderr)
-    for left in clean_stale_temporaries(out.parent, only_for=out.name):
-        print(f"note: removed {left}, left by an interrupted build", file=sys.stderr)
+    clean_interrupted(out, "build")  # a replacement killed half-way: the old set back first
     if (out / REC_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a record set; pass --overwrite to replace it")
     folder = scan_image_folder(src)

@@ -97,11 +97,15 @@ class RecordDataset(_FaceDataset):
         bad = np.flatnonzero(~inside)
         if bad.size:
             i = int(bad[0])
-            key, value = int(keys[i]), float(values[i])
-            what = (f"label {value!r}; expected an integer class id in [0, {self.num_classes})" if not whole[i]
-                    else f"label {int(value)} is outside [0, num_classes={self.num_classes})")
-            raise ValueError(f"{self.reader.rec_path}, key {key}: {what} (num_classes from the record set's "
-                             f"property; {bad.size} bad label(s) in all, checked before training)")
+            raise ValueError(self._label_error(int(keys[i]), float(values[i]))
+                             + f"; {bad.size} bad label(s) in all, checked before training")
+
+    def _label_error(self, key: int, value: float) -> str:
+        """The message for the bad label ``value`` of record ``key``."""
+        what = (f"label {value!r}; expected an integer class id in [0, {self.num_classes})"
+                if not (math.isfinite(value) and value.is_integer())
+                else f"label {int(value)} is outside [0, num_classes={self.num_classes})")
+        return f"{self.reader.rec_path}, key {key}: {what} (num_classes from the record set's property)"
 
     def _check_first_image(self) -> None:
         """The first image must decode to the ``property`` size (checked once, at the boundary)."""
@@ -121,14 +125,9 @@ class RecordDataset(_FaceDataset):
         header, payload = unpack(self.reader.read_idx(key))
         value = header.label if isinstance(header.label, numbers.Number) else header.label[0]
         value = float(value)
-        if not (math.isfinite(value) and value.is_integer()):
-            raise ValueError(f"{self.reader.rec_path}, key {key}: label {value!r}; expected an integer class id "
-                             f"in [0, {self.num_classes})")
-        label = int(value)
-        if not 0 <= label < self.num_classes:
-            raise ValueError(f"{self.reader.rec_path}, key {key}: label {label} is outside "
-                             f"[0, num_classes={self.num_classes}) (num_classes from the record set's property)")
-        return label, payload, key
+        if not (math.isfinite(value) and value.is_integer() and 0 <= value < self.num_classes):
+            raise ValueError(self._label_error(key, value))
+        return int(value), payload, key
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         label, payload, key = self._read(index)

@@ -237,11 +237,6 @@ class Calibration:
         atomic_write(path, write)
         return path
 
-    @staticmethod
-    def load(path: str | os.PathLike) -> "Calibration":
-        """Read a calibration file (:func:`load_calibration`)."""
-        return load_calibration(path)
-
     def describe(self) -> str:
         """One line: method, clusters, fit set, model."""
         return f"{self.method} fitted on {self.fit_set or '?'} for model {self.model_sha256[:16]}"

@@ -36,8 +36,9 @@ class Oracle(ClusterBeta):
         labels = np.array([index[str(g)] for g in data.groups.tolist()], np.int64)
         keep = labels[data.pairs[:, 0]] == labels[data.pairs[:, 1]] if within_groups else slice(None)
         maps = fit_cluster_maps(data.scores[keep], data.issame[keep], data.pairs[keep], labels, len(names), l2)
-        return cls({"l2": float(l2), "max_pairs": int(max_pairs), "within_groups": bool(within_groups)}, {"groups": names, **maps}, model_sha256,
-                   data.name, data.image_digests, data.identity_digests, data.embedding)
+        params = {"l2": float(l2), "max_pairs": int(max_pairs), "within_groups": bool(within_groups)}
+        return cls(params, {"groups": names, **maps}, model_sha256, data.name, data.image_digests,
+                   data.identity_digests, data.embedding)
 
     def assign(self, unit_embeddings: np.ndarray, groups: Any = None) -> np.ndarray:
         if groups is None:
