@@ -489,12 +489,18 @@ _csv_case("image-listed-twice", "dense", lambda t, r: t + "images/0.jpg,id0,A\n"
 _csv_case("binary", "dense", lambda t, r: "\x00" * 40, "{work}/csv/dense.csv")
 
 
-def _rfw_case(case_id: str, damage: Callable[[Path], None], *needles: str) -> None:
-    @case(f"eval-rfw-{case_id}", "fpr-eval", *needles)
-    def make(work, assets):
-        root = assets.copy("rfw", work)
-        damage(root)
-        return eval_argv(work, assets, "--rfw", str(root))
+def _damaged_set_case(kind: str) -> Callable[..., None]:
+    """A registrar of ``eval-<kind>-<id>`` cases: the ``kind`` asset copied, damaged, given as ``--<kind>``."""
+    def register(case_id: str, damage: Callable[[Path], None], *needles: str) -> None:
+        @case(f"eval-{kind}-{case_id}", "fpr-eval", *needles)
+        def make(work, assets):
+            root = assets.copy(kind, work)
+            damage(root)
+            return eval_argv(work, assets, f"--{kind}", str(root))
+    return register
+
+
+_rfw_case = _damaged_set_case("rfw")
 
 
 _rfw_case("not-a-folder", lambda root: shutil.rmtree(root), "{work}/RFW")
@@ -513,12 +519,7 @@ _rfw_case("image-not-decodable", lambda root: (root / "test/data/Asian/m.0as0x/m
     b"\xff\xd8garbage"), "m.0as0x_0001.jpg")
 
 
-def _bfw_case(case_id: str, damage: Callable[[Path], None], *needles: str) -> None:
-    @case(f"eval-bfw-{case_id}", "fpr-eval", *needles)
-    def make(work, assets):
-        root = assets.copy("bfw", work)
-        damage(root)
-        return eval_argv(work, assets, "--bfw", str(root))
+_bfw_case = _damaged_set_case("bfw")
 
 
 _BFW_TABLE = "bfw-v0.1.5-datatable.csv"
