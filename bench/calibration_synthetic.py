@@ -21,7 +21,11 @@ One JSON line per (design, seed, base method, calibration) goes to
 against the raw scores of the same run.
 
     python bench/calibration_synthetic.py --seeds 0 1 2 3 4
+    python bench/calibration_synthetic.py --design tight \
+        --fairness-results bench/results/fairness_synthetic_replication.jsonl   # the replication's models
     python bench/calibration_synthetic.py --report
+
+Each line records ``models_from``: the fairness results file whose runs were calibrated.
 """
 from __future__ import annotations
 
@@ -104,9 +108,9 @@ def run_one(design: str, size: str, seed: int, method: str, clusters: int, work:
     return out
 
 
-def finished_runs(design: str, size: str) -> set[tuple[int, str]]:
-    """``(seed, method)`` of every run the fairness benchmark recorded as done."""
-    return {(r["seed"], r["method"]) for r in fs.load_results(fs.RESULTS)
+def finished_runs(design: str, size: str, fairness_results: Path = fs.RESULTS) -> set[tuple[int, str]]:
+    """``(seed, method)`` of every run the fairness benchmark recorded as done in ``fairness_results``."""
+    return {(r["seed"], r["method"]) for r in fs.load_results(fairness_results)
             if r["design"] == design and r["size"] == size and not r.get("extra")}
 
 
@@ -166,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=20, help="k-means K of FSN and FairCal (default 20)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--fairness-results", type=Path, default=fs.RESULTS,
+                   help="the fairness benchmark's results file whose runs' models are calibrated "
+                        f"(default {fs.RESULTS.relative_to(fs.REPO)})")
     p.add_argument("--report", action="store_true", help="print the tables from the results file only")
     args = p.parse_args(argv)
     if not args.report:
         done = {r["key"] for r in fs.load_results(args.results)}
-        finished = finished_runs(args.design, args.size)
+        finished = finished_runs(args.design, args.size, args.fairness_results)
         for seed in args.seeds:
             for method in args.methods:
                 todo = [c for c in CALIBRATIONS
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skip {args.design} seed {seed} {method}: no finished run in {run_dir}")
                     continue
                 for record in run_one(args.design, args.size, seed, method, args.clusters, args.work, todo):
+                    source = args.fairness_results.resolve()
+                    record["models_from"] = str(source.relative_to(fs.REPO) if source.is_relative_to(fs.REPO) else source)
                     fs.append_result(args.results, record)
                     print(f"{args.design} seed {seed} {method} {record['calibration']}: std/f at 1e-3 = "
                           f"{(record['at_fpr']['0.001']['summaries'] or {}).get('std_over_f')} "

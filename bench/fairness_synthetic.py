@@ -16,7 +16,10 @@ Printed:
 
 - **validity checks** per design (from the CosFace runs): the hard group is the
   highest at test on every seed; it holds >= 1.4x its share of the
-  above-threshold training entries on every seed; training is not saturated
+  above-threshold training entries on every seed, checked for each penalty form
+  (the class-weight signal of the paper, the impostor-pair signal of
+  ``negatives="pairs"``: a design is a valid benchmark for a form whose signal
+  sees the hard group); training is not saturated
   (last-epoch loss >= 0.5); and for ``control``: no group's mean FPR/f differs
   from 1 beyond its 95 % confidence interval over seeds;
 - per method: mean and 95 % t-interval over seeds of each figure, and of the
@@ -48,9 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "synthetic_demo.py"
 RESULTS = REPO / "bench" / "results" / "fairness_synthetic.jsonl"
 
-#: label -> (loss, recipe overrides). CosFace measures the training signal at gamma_u 1e-4 (stats_gamma_u).
+#: label -> (loss, recipe overrides). CosFace measures the training signal of both penalty forms without a
+#: gradient: over class weights at gamma_u 1e-4 (stats_gamma_u) and over the batch's impostor pairs at
+#: 1e-2 (stats_pairs_gamma_u), the settings of the methods below.
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cosface": ("cosface", ("loss_params.stats_gamma_u=1e-4",)),
+    "cosface": ("cosface", ("loss_params.stats_gamma_u=1e-4", "loss_params.stats_pairs_gamma_u=1e-2")),
     "fpr a0.1 g1e-4": ("fpr_penalty", ("loss_params.alpha=0.1", "loss_params.gamma_u=1e-4")),
     "tface": ("fpr_penalty_tface", ()),
     # impostor pairs of the batch instead of class weights (negatives="pairs", not in the paper); a batch of
@@ -80,6 +85,8 @@ HARD_GROUP = {"dense": "Dense", "varied": "Dense", "tight": "Dense", "tighter": 
               "control": None, "null": None}
 FPRS = (1e-4, 1e-3, 1e-2)
 SHARE_FACTOR = 1.4  # the hard group must hold >= this multiple of its row share above T_u
+#: the two penalty forms: the metrics.jsonl key prefix of the signal CosFace measured for each
+FORMS = {"classes": "", "pairs": "pairs_"}
 MIN_SEEDS = 5  # seeds a design needs before it can be called valid
 SATURATED_LOSS = 0.5  # last-epoch training loss below this: the training set is memorised
 
@@ -164,17 +171,19 @@ def identity_fpr(emb: np.ndarray, identities: np.ndarray, groups: np.ndarray, th
     return out
 
 
-def training_stats(run_dir: Path) -> dict[str, float]:
-    """Means over the last epoch's ``metrics.jsonl`` records of the loss, T_u and the per-group statistics."""
+def training_stats(run_dir: Path, last_epoch_only: bool = True) -> dict[str, float]:
+    """Means over the last epoch's (or every) ``metrics.jsonl`` record of the loss, T_u and the per-group statistics."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if not records:
         return {}
-    last_epoch = max(r.get("epoch", 0) for r in records)
-    last = [r for r in records if r.get("epoch", 0) == last_epoch]
-    keys = {k for r in last for k, v in r.items()
-            if isinstance(v, (int, float)) and (k in ("threshold", "penalty_mean", "loss", "instance_fpr_mean")
-                                                or k.startswith("group_"))}
-    return {k: float(np.mean([r[k] for r in last if k in r])) for k in sorted(keys)}
+    if last_epoch_only:
+        last_epoch = max(r.get("epoch", 0) for r in records)
+        records = [r for r in records if r.get("epoch", 0) == last_epoch]
+    kept = ("threshold", "penalty_mean", "loss", "instance_fpr_mean")
+    keys = {k for r in records for k, v in r.items()
+            if isinstance(v, (int, float)) and (k.removeprefix("pairs_") in kept
+                                                or k.removeprefix("pairs_").startswith("group_"))}
+    return {k: float(np.mean([r[k] for r in records if k in r])) for k in sorted(keys)}
 
 
 def run_one(design: str, size: str, seed: int, label: str, data: Path, work: Path, extra: list[str]) -> dict:
@@ -210,7 +219,8 @@ def run_one(design: str, size: str, seed: int, label: str, data: Path, work: Pat
         }
     return {"key": run_key(design, size, seed, label, extra), "design": design, "size": size, "seed": seed,
             "method": label, "loss": loss, "overrides": list(overrides), "extra": list(extra),
-            "train_s": round(train_s, 1), "at_fpr": at, "training": training_stats(run_dir)}
+            "train_s": round(train_s, 1), "at_fpr": at, "training": training_stats(run_dir),
+            "training_all_epochs": training_stats(run_dir, last_epoch_only=False)}
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:
@@ -258,37 +268,49 @@ def _table(head: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def validity(results: list[dict], design: str, size: str, groups: list[str]) -> bool:
-    """Print the validity checks of one design from its CosFace runs; True if all pass."""
+def hard_share(result: dict, design: str, form: str) -> float | None:
+    """The hard group's share of the above-T_u training entries of ``form``'s signal (None: not measured)."""
+    return result["training"].get(f"{FORMS[form]}group_above_share/{HARD_GROUP[design]}")
+
+
+def validity(results: list[dict], design: str, size: str, groups: list[str]) -> list[str]:
+    """Print the validity checks of one design from its CosFace runs; returns the penalty forms it is valid for."""
     base = sorted((r for r in results if r["design"] == design and r["size"] == size and r["method"] == "cosface"),
                   key=lambda r: r["seed"])
     print(f"\n### validity checks: design {design}, size {size}, CosFace on seeds {[r['seed'] for r in base]}\n")
     if not base:
         print("no CosFace run yet: not checked")
-        return False
+        return []
     hard = HARD_GROUP.get(design)
-    rows, passed = [], True
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.0f} %"
+
+    rows = []
     for r in base:
         at = r["at_fpr"]["0.001"]["group_fpr_over_f"]
-        shares = {g: r["training"].get(f"group_above_share/{g}") for g in groups}
         loss = r["training"].get("loss")
-        highest = max(at, key=at.get)
         rows.append([str(r["seed"]), *[f"{at[g]:.2f}" for g in groups],
-                     *[("n/a" if shares[g] is None else f"{100 * shares[g]:.0f} %") for g in groups],
-                     "n/a" if loss is None else f"{loss:.2f}", highest])
-    _table(["seed", *[f"FPR/f {g} @1e-3" for g in groups], *[f"share above T_u {g}" for g in groups],
+                     *[pct(r["training"].get(f"{prefix}group_above_share/{g}")) for prefix in FORMS.values() for g in groups],
+                     "n/a" if loss is None else f"{loss:.2f}", max(at, key=at.get)])
+    _table(["seed", *[f"FPR/f {g} @1e-3" for g in groups],
+            *[f"share above T_u ({form}) {g}" for form in FORMS for g in groups],
             "last-epoch loss", "highest at test"], rows)
-    checks = [(f"at least {MIN_SEEDS} seeds ({len(base)})", len(base) >= MIN_SEEDS)]
+    common = [(f"at least {MIN_SEEDS} seeds ({len(base)})", len(base) >= MIN_SEEDS)]
+    form_checks: dict[str, tuple[str, bool]] = {}
     if hard is not None:
         row_share = _row_share(design, size, hard)
         highest_every = all(max(r["at_fpr"]["0.001"]["group_fpr_over_f"].items(), key=lambda kv: kv[1])[0] == hard
                             for r in base)
-        checks.append((f"{hard} is the highest group at test (f = 1e-3) on every seed", highest_every))
-        share_ok = all((r["training"].get(f"group_above_share/{hard}") or 0.0) >= SHARE_FACTOR * row_share
-                       for r in base)
-        checks.append((f"{hard} holds >= {SHARE_FACTOR}x its share of training rows ({100 * row_share:.1f} %) "
-                       "of the above-T_u training entries on every seed", share_ok))
-    checks.append((f"training not saturated (last-epoch loss >= {SATURATED_LOSS}) on every seed",
+        common.append((f"{hard} is the highest group at test (f = 1e-3) on every seed", highest_every))
+        for form in FORMS:
+            shares = [hard_share(r, design, form) for r in base]
+            unmeasured = [r["seed"] for r, v in zip(base, shares) if v is None]
+            text = (f"{hard} holds >= {SHARE_FACTOR}x its share of training rows ({100 * row_share:.1f} %) of the "
+                    f"above-T_u entries of the {form} signal on every seed"
+                    + (f" (not measured on seeds {unmeasured})" if unmeasured else ""))
+            form_checks[form] = (text, not unmeasured and all(v >= SHARE_FACTOR * row_share for v in shares))
+    common.append((f"training not saturated (last-epoch loss >= {SATURATED_LOSS}) on every seed",
                    all((r["training"].get("loss") or 0.0) >= SATURATED_LOSS for r in base)))
     if hard is None:
         inside = []
@@ -296,20 +318,24 @@ def validity(results: list[dict], design: str, size: str, groups: list[str]) -> 
             m, h, _ = mean_ci([r["at_fpr"]["0.001"]["group_fpr_over_f"][g] for r in base])
             inside.append(abs(m - 1.0) <= h)
             print(f"- {g}: FPR/f at 1e-3 = {m:.2f} ± {h:.2f} (95 % CI over seeds)")
-        checks.append(("no group's FPR/f differs from 1 beyond its 95 % CI (no gap beyond noise)", all(inside)))
+        common.append(("no group's FPR/f differs from 1 beyond its 95 % CI (no gap beyond noise)", all(inside)))
         max_min = [r["at_fpr"]["0.001"]["summaries"]["max_min_ratio"] for r in base if r["at_fpr"]["0.001"]["summaries"]]
         print(f"- noise floor: max/min at 1e-3 = {fmt_ci(max_min)}, std/f = "
               f"{fmt_ci([r['at_fpr']['0.001']['summaries']['std_over_f'] for r in base])}")
     print()
-    for text, ok in checks:
+    for text, ok in [*common, *form_checks.values()]:
         print(f"- [{'PASS' if ok else 'FAIL'}] {text}")
-        passed &= ok
-    print(f"\n**design {design} at size {size}: {'VALID' if passed else 'NOT VALID'} as a benchmark**")
-    return passed
+    passed = all(ok for _, ok in common)
+    forms = [form for form, (_, ok) in form_checks.items() if passed and ok] if hard is not None else (
+        list(FORMS) if passed else [])
+    verdict = (f"VALID as a benchmark for the penalty over {' and over '.join(forms)}" if forms
+               else "NOT VALID as a benchmark")
+    print(f"\n**design {design} at size {size}: {verdict}**")
+    return forms
 
 
 def seed_failures(result: dict, design: str, groups: list[str]) -> list[str]:
-    """The per-seed validity checks that one CosFace run fails (empty: it passes them)."""
+    """The per-seed validity checks that one CosFace run fails (empty: it passes them for some penalty form)."""
     hard, failures = HARD_GROUP.get(design), []
     training = result["training"]
     if (training.get("loss") or 0.0) < SATURATED_LOSS:
@@ -318,9 +344,12 @@ def seed_failures(result: dict, design: str, groups: list[str]) -> list[str]:
         at = result["at_fpr"]["0.001"]["group_fpr_over_f"]
         if max(at, key=at.get) != hard:
             failures.append(f"{max(at, key=at.get)} is highest at test, not {hard}")
-        share, row_share = training.get(f"group_above_share/{hard}") or 0.0, _row_share(design, result["size"], hard)
-        if share < SHARE_FACTOR * row_share:
-            failures.append(f"{hard} holds {100 * share:.1f} % of above-T_u entries, < {SHARE_FACTOR} x {100 * row_share:.1f} %")
+        row_share = _row_share(design, result["size"], hard)
+        shares = {form: hard_share(result, design, form) for form in FORMS}
+        if not any(v is not None and v >= SHARE_FACTOR * row_share for v in shares.values()):
+            failures.append(f"{hard} holds " + ", ".join(
+                f"{'n/a' if v is None else f'{100 * v:.1f} %'} ({form})" for form, v in shares.items())
+                + f" of above-T_u entries, < {SHARE_FACTOR} x {100 * row_share:.1f} %")
     return failures
 
 
@@ -391,20 +420,25 @@ def print_tables(results: list[dict], design: str, size: str, groups: list[str])
                          fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["identity_fpr_over_f_all"]["std"]))])
         _table(["method", "Δ TPR", f"Δ FPR/f {hard}", f"Δ TPR {hard}", "Δ std/f", "Δ max/min", "Δ Gini",
                 "Δ identity FPR/f std"], rows)
-    print("\n### training, last epoch (metrics.jsonl): loss, T_u, instance FPR / gamma_u and share above T_u per group\n")
+    print("\n### training, last epoch (metrics.jsonl): loss, T_u, instance FPR / gamma_u and share above T_u per "
+          "group, of the class-weight signal and (where measured: CosFace, the pair form) of the impostor-pair signal\n")
     rows = []
     for m in methods:
         rs = [r for r in results if r["method"] == m]
-        gamma = 1e-3 if "g1e-3" in m else 1e-4
-        rows.append([m, fmt_ci([r["training"].get("loss") for r in rs]),
-                     fmt_ci([r["training"].get("threshold") for r in rs]),
-                     *[fmt_ci([None if r["training"].get(f"group_fpr_mean/{g}") is None
-                               else r["training"][f"group_fpr_mean/{g}"] / gamma for r in rs]) for g in groups],
-                     *[fmt_ci([None if r["training"].get(f"group_above_share/{g}") is None
-                               else 100 * r["training"][f"group_above_share/{g}"] for r in rs]) for g in groups],
+        gamma = 1e-3 if "g1e-3" in m else 1e-2 if "pairs" in m else 1e-4
+
+        def column(key: str, scale: float = 1.0) -> str:
+            return fmt_ci([None if r["training"].get(key) is None else scale * r["training"][key] for r in rs])
+
+        pairs_prefix = "pairs" not in m  # the pair form's own signal is its main one, in the share columns
+        rows.append([m, column("loss"), column("threshold"),
+                     *[column(f"group_fpr_mean/{g}", 1 / gamma) for g in groups],
+                     *[column(f"group_above_share/{g}", 100) for g in groups],
+                     *([column(f"pairs_group_above_share/{g}", 100) for g in groups] if pairs_prefix
+                       else ["(as left)"] * len(groups)),
                      fmt_ci([r["train_s"] for r in rs])])
     _table(["method", "loss", "T_u", *[f"inst. FPR/γ {g}" for g in groups], *[f"share % {g}" for g in groups],
-            "train s"], rows)
+            *[f"pair share % {g}" for g in groups], "train s"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop a design (exit status 3) as soon as one CosFace seed fails a per-seed validity check")
     parser.add_argument("--require-valid", action="store_true",
-                        help="exit with status 3 unless every --design passes its validity checks")
+                        help="exit with status 3 unless every --design passes its validity checks for some penalty form")
     args = parser.parse_args(argv)
 
     from fpr_plugin.data.synthetic import DESIGNS, make_synthetic
@@ -469,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     valid = True
     for design in args.design:
         groups = [g.name for g in DESIGNS[design]]
-        valid &= validity(results, design, args.size, groups)
+        valid &= bool(validity(results, design, args.size, groups))
         print_tables(results, design, args.size, groups)
     return 3 if args.require_valid and not valid else 0
 

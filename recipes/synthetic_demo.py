@@ -35,5 +35,7 @@ config.seed = 2048
 config.tensorboard = False
 config.loss = "fpr_penalty"
 # stats_gamma_u: the margin losses (cosface, arcface, combined) measure T_u and the instance FPR at this
-# target FPR without a gradient, so the baseline's training signal is logged like the penalty's
-config.loss_params = {"s": 64.0, "m": 0.35, "gamma_u": 1e-4, "p": 2.0, "alpha": 0.1, "stats_gamma_u": 1e-4}
+# target FPR without a gradient, so the baseline's training signal is logged like the penalty's;
+# stats_pairs_gamma_u: the same over the batch's impostor pairs (the signal of negatives="pairs")
+config.loss_params = {"s": 64.0, "m": 0.35, "gamma_u": 1e-4, "p": 2.0, "alpha": 0.1, "stats_gamma_u": 1e-4,
+                      "stats_pairs_gamma_u": 1e-2}

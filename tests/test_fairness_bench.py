@@ -54,18 +54,29 @@ GROUPS = ["Common1", "Common2", "Common3", "Dense"]
 def test_validity_passes_and_fails_on_each_check(capsys):
     good = [_record(s, "dense", {"Common1": 0.5, "Common2": 0.6, "Common3": 0.7, "Dense": 2.2},
                     {"Common1": 0.2, "Common2": 0.2, "Common3": 0.2, "Dense": 0.4}) for s in range(5)]
-    assert bench.validity(good, "dense", "wide", GROUPS)
-    assert "VALID as a benchmark" in capsys.readouterr().out
-    low_share = [dict(r, training={**r["training"], "group_above_share/Dense": 0.3}) for r in good]
-    assert not bench.validity(low_share, "dense", "wide", GROUPS)  # 30 % < 1.4 x 25 %
-    saturated = [dict(r, training={**r["training"], "loss": 0.1}) for r in good]
-    assert not bench.validity(saturated, "dense", "wide", GROUPS)
-    assert not bench.validity(good[:4], "dense", "wide", GROUPS)  # fewer than 5 seeds
-    other_highest = good[:4] + [_record(4, "dense", {"Common1": 2.5, "Common2": 0.6, "Common3": 0.7, "Dense": 2.2},
-                                        {"Common1": 0.2, "Common2": 0.2, "Common3": 0.2, "Dense": 0.4})]
-    assert not bench.validity(other_highest, "dense", "wide", GROUPS)
+    assert bench.validity(good, "dense", "wide", GROUPS) == ["classes"]
     out = capsys.readouterr().out
-    assert out.count("[FAIL]") == 4 and "NOT VALID" in out
+    assert "VALID as a benchmark for the penalty over classes" in out
+    assert out.count("[FAIL]") == 1 and "pairs signal on every seed (not measured on seeds [0, 1, 2, 3, 4])" in out
+    low_share = [dict(r, training={**r["training"], "group_above_share/Dense": 0.3}) for r in good]
+    assert bench.validity(low_share, "dense", "wide", GROUPS) == []  # 30 % < 1.4 x 25 %
+    # the pair signal sees Dense where the class signal does not: valid for the pair form only
+    pairs_see_it = [dict(r, training={**r["training"], "pairs_group_above_share/Dense": 0.36}) for r in low_share]
+    assert bench.validity(pairs_see_it, "dense", "wide", GROUPS) == ["pairs"]
+    one_seed_low = pairs_see_it[:4] + [dict(pairs_see_it[4], training={**pairs_see_it[4]["training"],
+                                                                       "pairs_group_above_share/Dense": 0.34})]
+    assert bench.validity(one_seed_low, "dense", "wide", GROUPS) == []
+    both = [dict(r, training={**r["training"], "pairs_group_above_share/Dense": 0.5}) for r in good]
+    assert bench.validity(both, "dense", "wide", GROUPS) == ["classes", "pairs"]
+    saturated = [dict(r, training={**r["training"], "loss": 0.1}) for r in both]
+    assert bench.validity(saturated, "dense", "wide", GROUPS) == []
+    assert bench.validity(both[:4], "dense", "wide", GROUPS) == []  # fewer than 5 seeds
+    other_highest = both[:4] + [dict(both[4], at_fpr={"0.001": {**both[4]["at_fpr"]["0.001"], "group_fpr_over_f": {
+        "Common1": 2.5, "Common2": 0.6, "Common3": 0.7, "Dense": 2.2}}})]
+    capsys.readouterr()
+    assert bench.validity(other_highest, "dense", "wide", GROUPS) == []
+    out = capsys.readouterr().out
+    assert out.count("[FAIL]") == 1 and "NOT VALID" in out and "[FAIL] Dense is the highest" in out
 
 
 def test_control_check_is_whether_every_group_is_within_noise_of_one():
@@ -95,7 +106,14 @@ def test_results_file_appends_and_ignores_a_torn_last_line(tmp_path):
 def test_seed_failures_names_each_failed_check():
     shares = {"Common1": 0.36, "Common2": 0.17, "Common3": 0.15, "Dense": 0.32}
     record = dict(_record(0, "dense", {"Common1": 0.6, "Common2": 0.4, "Common3": 0.3, "Dense": 2.6}, shares), size="wide")
-    assert bench.seed_failures(record, "dense", GROUPS) == ["Dense holds 32.0 % of above-T_u entries, < 1.4 x 25.0 %"]
+    assert bench.seed_failures(record, "dense", GROUPS) == [
+        "Dense holds 32.0 % (classes), n/a (pairs) of above-T_u entries, < 1.4 x 25.0 %"]
+    record["training"]["pairs_group_above_share/Dense"] = 0.34
+    assert bench.seed_failures(record, "dense", GROUPS) == [
+        "Dense holds 32.0 % (classes), 34.0 % (pairs) of above-T_u entries, < 1.4 x 25.0 %"]
+    record["training"]["pairs_group_above_share/Dense"] = 0.36  # one form's signal sees Dense: the seed passes
+    assert bench.seed_failures(record, "dense", GROUPS) == []
+    record["training"]["pairs_group_above_share/Dense"] = 0.2
     record["training"]["group_above_share/Dense"] = 0.36
     assert bench.seed_failures(record, "dense", GROUPS) == []
     record["training"]["loss"] = 0.2

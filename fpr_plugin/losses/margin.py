@@ -12,6 +12,10 @@ the training signal an FPR penalty would see at that target FPR: ``T_u`` and
 the Eq. 9 instance FPR of every row (``last_stats``, ``last_instance_fpr``),
 so a baseline's signal is logged by the same code as the penalty's. The
 logits and gradients are unchanged; with the default None nothing is measured.
+``stats_pairs_gamma_u`` does the same for the signal of
+``fpr_penalty(negatives="pairs")``: ``T_u`` and Eq. 9 over the impostor pairs of
+the global batch (:func:`fpr_plugin.losses.pairs.pair_fpr`), kept as
+``last_pair_instance_fpr`` and the ``pairs_*`` keys of ``last_stats``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ import torch
 
 from fpr_plugin.distributed import Layout
 from fpr_plugin.losses.entries import EntryGradients
+from fpr_plugin.losses.pairs import pair_fpr
 from fpr_plugin.losses.selection import fpr_rank, mine_above_threshold
 from fpr_plugin.losses.stats import FprStats
-from fpr_plugin.losses.validation import check_cosines, check_in_open_interval, check_positive, check_real
+from fpr_plugin.losses.validation import (
+    check_cosines,
+    check_embeddings,
+    check_in_open_interval,
+    check_positive,
+    check_real,
+)
 from fpr_plugin.registry import register_loss
 
 __all__ = [
@@ -167,17 +178,23 @@ class MarginLoss(torch.nn.Module):
     (plain floats, see :class:`fpr_plugin.losses.stats.FprStats`) and
     ``last_instance_fpr`` describe the last call: for a pure margin loss
     they are empty / None unless ``stats_gamma_u`` asks for the measurement
-    (:func:`measure_instance_fpr`, ``penalty_mean`` 0: nothing is added).
+    (:func:`measure_instance_fpr`, ``penalty_mean`` 0: nothing is added);
+    ``last_pair_instance_fpr`` is None unless ``stats_pairs_gamma_u`` asks for
+    the pair form (:meth:`_measure_pairs`).
     """
 
-    def __init__(self, s: float, stats_gamma_u: float | None = None) -> None:
+    def __init__(self, s: float, stats_gamma_u: float | None = None,
+                 stats_pairs_gamma_u: float | None = None) -> None:
         super().__init__()
         self.s = check_positive("s", s)
         self.stats_gamma_u = (None if stats_gamma_u is None
                               else check_in_open_interval("stats_gamma_u", stats_gamma_u, 0.0, 1.0))
+        self.stats_pairs_gamma_u = (None if stats_pairs_gamma_u is None
+                                    else check_in_open_interval("stats_pairs_gamma_u", stats_pairs_gamma_u, 0.0, 1.0))
         self.layout = Layout.local()
         self.last_stats: dict[str, float] = {}
         self.last_instance_fpr: torch.Tensor | None = None
+        self.last_pair_instance_fpr: torch.Tensor | None = None
 
     def set_layout(self, layout: Layout) -> "MarginLoss":
         """Use ``layout`` for the global counts, sums and threshold; returns self."""
@@ -228,6 +245,8 @@ class MarginLoss(torch.nn.Module):
         logits = scaled_logits(cos, rows, cols, target, self.s, entries=entries)
         if self.stats_gamma_u is not None:
             self._measure(cos, labels)
+        if self.stats_pairs_gamma_u is not None:
+            self._measure_pairs(cos, labels, norm_embeddings)
         return logits
 
     def _measure(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
@@ -241,8 +260,23 @@ class MarginLoss(torch.nn.Module):
         self.last_instance_fpr = instance_fpr
         self.last_stats = FprStats.summarize(threshold, k, instance_fpr, torch.zeros_like(instance_fpr)).as_dict()
 
+    def _measure_pairs(self, cos: torch.Tensor, labels: torch.Tensor, norm_embeddings: torch.Tensor | None) -> None:
+        """Set ``last_pair_instance_fpr`` and the ``pairs_*`` stats at ``stats_pairs_gamma_u`` (no gradient)."""
+        check_embeddings(norm_embeddings, cos, f"{type(self).__name__} with stats_pairs_gamma_u")
+        self.layout.check_not_silently_local(f"{type(self).__name__} with stats_pairs_gamma_u")
+        with torch.no_grad():
+            found = pair_fpr(norm_embeddings.detach(), labels, self.stats_pairs_gamma_u, 1.0, self.layout,
+                             dtype=cos.dtype)
+        self.last_pair_instance_fpr = found.instance_fpr
+        if self.stats_gamma_u is None:
+            self.last_stats = {}
+        measured = FprStats.summarize(found.threshold, found.k, found.instance_fpr, torch.zeros_like(found.instance_fpr))
+        self.last_stats.update({f"pairs_{key}": value for key, value in measured.as_dict().items()
+                                if key != "penalty_mean"})
+
     def _stats_repr(self) -> str:
-        return "" if self.stats_gamma_u is None else f", stats_gamma_u={self.stats_gamma_u}"
+        return ("" if self.stats_gamma_u is None else f", stats_gamma_u={self.stats_gamma_u}") + (
+            "" if self.stats_pairs_gamma_u is None else f", stats_pairs_gamma_u={self.stats_pairs_gamma_u}")
 
 
 @register_loss("combined")
@@ -250,8 +284,8 @@ class CombinedMargin(MarginLoss):
     """arcface_torch's combined margin: target logit ``s * (cos(m1 * theta + m2) - m3)``."""
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
-                 stats_gamma_u: float | None = None) -> None:
-        super().__init__(s, stats_gamma_u)
+                 stats_gamma_u: float | None = None, stats_pairs_gamma_u: float | None = None) -> None:
+        super().__init__(s, stats_gamma_u, stats_pairs_gamma_u)
         self.m1 = check_positive("m1", m1)
         self.m2 = check_real("m2", m2)
         self.m3 = check_real("m3", m3)
@@ -267,8 +301,9 @@ class CombinedMargin(MarginLoss):
 class CosFace(MarginLoss):
     """CosFace (additive cosine margin): target logit ``s * (cos - m)``."""
 
-    def __init__(self, s: float = 64.0, m: float = 0.35, stats_gamma_u: float | None = None) -> None:
-        super().__init__(s, stats_gamma_u)
+    def __init__(self, s: float = 64.0, m: float = 0.35, stats_gamma_u: float | None = None,
+                 stats_pairs_gamma_u: float | None = None) -> None:
+        super().__init__(s, stats_gamma_u, stats_pairs_gamma_u)
         self.m = check_real("m", m)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
@@ -282,8 +317,9 @@ class CosFace(MarginLoss):
 class ArcFace(MarginLoss):
     """ArcFace (additive angular margin): target logit ``s * cos(theta + m)`` (see :func:`margin_target`)."""
 
-    def __init__(self, s: float = 64.0, m: float = 0.5, stats_gamma_u: float | None = None) -> None:
-        super().__init__(s, stats_gamma_u)
+    def __init__(self, s: float = 64.0, m: float = 0.5, stats_gamma_u: float | None = None,
+                 stats_pairs_gamma_u: float | None = None) -> None:
+        super().__init__(s, stats_gamma_u, stats_pairs_gamma_u)
         self.m = check_real("m", m)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ LOG_LABELS = (
     ("instance_fpr_mean", "FPR mean"),
     ("instance_fpr_max", "FPR max"),
     ("penalty_mean", "penalty"),
+    ("pairs_threshold", "T_u pairs"),
+    ("pairs_instance_fpr_mean", "pair FPR mean"),
 )
 
 

@@ -40,16 +40,20 @@ class GroupFprMeter:
     until :meth:`summary`, so updating costs no synchronisation.
     """
 
-    def __init__(self, class_to_group: torch.Tensor, names: Sequence[str]) -> None:
+    def __init__(self, class_to_group: torch.Tensor, names: Sequence[str],
+                 source: str = "last_instance_fpr", prefix: str = "") -> None:
         self.class_to_group = class_to_group
         self.names = list(names)
+        self.source = source  # the loss attribute holding the step's instance FPR
+        self.prefix = prefix  # before every key of summary(): "pairs_" for last_pair_instance_fpr
         self._fpr_sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
 
     @classmethod
     def from_groups(cls, groups: Mapping[int, str] | None, num_classes: int,
-                    device: torch.device | str = "cpu") -> "GroupFprMeter | None":
-        """A meter for ``groups`` (class id -> group name, as in ``groups.tsv``); None without groups."""
+                    device: torch.device | str = "cpu", source: str = "last_instance_fpr",
+                    prefix: str = "") -> "GroupFprMeter | None":
+        """A meter for ``groups`` (class id -> group name, as in ``groups.tsv``) reading ``source``; None without groups."""
         if not groups:
             return None
         names = sorted(set(groups.values()))
@@ -57,7 +61,7 @@ class GroupFprMeter:
         for class_id, name in groups.items():
             if 0 <= class_id < num_classes:
                 class_to_group[class_id] = names.index(name)
-        return cls(class_to_group.to(device), names)
+        return cls(class_to_group.to(device), names, source, prefix)
 
     def update(self, instance_fpr: torch.Tensor, labels: torch.Tensor) -> None:
         """Add one step's per-row instance FPR ``[N]`` of samples with global class ``labels`` ``[N]``."""
@@ -74,12 +78,12 @@ class GroupFprMeter:
         self._count = count if self._count is None else self._count + count
 
     def update_from_loss(self, loss: torch.nn.Module, labels: torch.Tensor) -> None:
-        """Add the instance FPR a loss kept of its last step (``last_instance_fpr``), if it keeps one.
+        """Add the instance FPR a loss kept of its last step (its ``source`` attribute), if it keeps one.
 
         A class-sharded FPR loss keeps the global batch's rows: the labels of every
         rank are gathered to match them.
         """
-        fpr = getattr(loss, "last_instance_fpr", None)
+        fpr = getattr(loss, self.source, None)
         if fpr is None:
             return
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -102,10 +106,11 @@ class GroupFprMeter:
         for name, s, n in zip(self.names, fpr_sum, count):
             if n == 0:
                 continue
-            out[f"group_fpr_mean/{name}"] = s / n
+            out[f"{self.prefix}group_fpr_mean/{name}"] = s / n
             # instance FPR = above-threshold entries of the row / (c - 1): the sums give the share
-            out[f"group_above_share/{name}"] = s / total_fpr if total_fpr > 0 else 0.0
-            out[f"group_sample_share/{name}"] = n / total_count
+            # (over pairs, the row's impostor count varies a little with the batch's class make-up)
+            out[f"{self.prefix}group_above_share/{name}"] = s / total_fpr if total_fpr > 0 else 0.0
+            out[f"{self.prefix}group_sample_share/{name}"] = n / total_count
         return out
 
 

@@ -251,7 +251,11 @@ class _Run:
         self.state = TrainState(backbone, head, optimizer, scaler, to_plain(cfg), env=env,
                                 steps_per_epoch=steps_per_epoch)
         self.model = _data_parallel(backbone, env)
-        self.group_meter = GroupFprMeter.from_groups(records.groups, cfg.num_classes, env.device)
+        # per-group instance FPR of the loss's signal, and of the pair form when a margin loss measures it
+        self.group_meters = [meter for meter in (
+            GroupFprMeter.from_groups(records.groups, cfg.num_classes, env.device),
+            GroupFprMeter.from_groups(records.groups, cfg.num_classes, env.device,
+                                      source="last_pair_instance_fpr", prefix="pairs_")) if meter is not None]
         self.resumed: CompleteCheckpoint | None = None  # the checkpoint this run resumed from
         self.last_lr = float("nan")
 
@@ -365,8 +369,8 @@ class _Run:
         # the buffers too: BatchNorm's running statistics can overflow while the batch statistics stay finite
         if not all_finite(params + list(state.backbone.buffers()) + list(state.head.buffers()), device):
             raise NonFiniteLossError(divergence_message(self.state, "weights or buffers after the step"))
-        if self.group_meter is not None:
-            self.group_meter.update_from_loss(self.loss_fn, labels)
+        for meter in self.group_meters:
+            meter.update_from_loss(self.loss_fn, labels)
         return value
 
     def _save(self) -> None:
@@ -381,8 +385,8 @@ class _Run:
         record: dict[str, Any] = {"epoch": self.state.epoch, "global_step": self.state.global_step,
                                   "loss": loss, "lr": self.last_lr}
         record.update({k: float(v) for k, v in (getattr(self.loss_fn, "last_stats", None) or {}).items()})
-        if self.group_meter is not None:
-            record.update(self.group_meter.summary())
+        for meter in self.group_meters:
+            record.update(meter.summary())
         return record
 
     def _log_start(self) -> None:

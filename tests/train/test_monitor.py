@@ -75,6 +75,18 @@ def test_group_meter_reads_the_instance_fpr_a_loss_kept():
     assert out["group_sample_share/A"] == pytest.approx(2 / 3)
 
 
+def test_a_pairs_meter_reads_its_own_attribute_and_prefixes_its_keys():
+    meter = GroupFprMeter.from_groups({0: "A", 1: "B"}, 2, source="last_pair_instance_fpr", prefix="pairs_")
+    loss = torch.nn.Module()
+    loss.last_instance_fpr = torch.tensor([1.0, 0.0])  # the class form's: not this meter's
+    loss.last_pair_instance_fpr = torch.tensor([0.1, 0.3, 0.2])
+    meter.update_from_loss(loss, torch.tensor([0, 1, 1]))
+    out = meter.summary()
+    assert set(out) == {f"pairs_group_{kind}/{g}" for kind in ("fpr_mean", "above_share", "sample_share") for g in "AB"}
+    assert out["pairs_group_fpr_mean/A"] == pytest.approx(0.1) and out["pairs_group_fpr_mean/B"] == pytest.approx(0.25)
+    assert out["pairs_group_above_share/A"] == pytest.approx(0.1 / 0.6)
+
+
 def test_truncate_metrics_keeps_records_up_to_the_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"global_step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3, 4))

@@ -63,6 +63,23 @@ def test_loss_falls_on_an_easy_set(tiny_recipe, tmp_path, loss):
         assert record["instance_fpr_max"] >= record["instance_fpr_mean"] >= 0
 
 
+def test_a_margin_loss_logs_both_training_signals_per_group(tiny_recipe, tmp_path):
+    """CosFace with stats_gamma_u and stats_pairs_gamma_u logs the class form and the pair form, per group."""
+    out = tmp_path / "stats"
+    trainer.train(_cfg(tiny_recipe, out, "cosface", "num_epoch=1", "loss_params.stats_gamma_u=0.02",
+                       "loss_params.stats_pairs_gamma_u=0.05"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records
+    for record in records:
+        for prefix in ("", "pairs_"):
+            shares = [record[f"{prefix}group_above_share/{g}"] for g in ("A", "B")]
+            assert all(0.0 <= v <= 1.0 for v in shares) and sum(shares) == pytest.approx(1.0)
+            assert record[f"{prefix}group_sample_share/A"] + record[f"{prefix}group_sample_share/B"] == pytest.approx(1.0)
+        # two measurements, not one copied: their thresholds are of different cosines (weights, pairs)
+        assert record["pairs_k"] != record["k"] and record["pairs_threshold"] != record["threshold"]
+        assert record["penalty_mean"] == 0.0 and "pairs_penalty_mean" not in record
+
+
 def test_outputs_and_checkpoint_contents(tiny_recipe, tmp_path):
     out = tmp_path / "run"
     trainer.train(_cfg(tiny_recipe, out, "fpr_penalty", "max_steps=6", "save_every=5"))
