@@ -20,6 +20,8 @@ setup(
     # shipped recipes are found in a regular install as in an editable one (fpr_plugin.train.config.recipes_dir).
     packages=find_packages(include=["fpr_plugin", "fpr_plugin.*"]) + ["fpr_plugin.recipes"],
     package_dir={"fpr_plugin.recipes": "recipes"},
+    # the benchmark's 5-seed figures that fpr-demo prints beside its own (bench/benchmark_reference.py)
+    package_data={"fpr_plugin": ["benchmark_reference.json"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

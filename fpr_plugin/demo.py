@@ -14,7 +14,7 @@ on the RFW-layout pairs and the dense all-pairs set. Everything lands in one fol
     OUT/models/<method>.onnx  exported embedding networks
     OUT/calibration/          <method>.faircal.json (fpr-calibrate's files)
     OUT/report/               report.md, report.json, plots
-    OUT/demo.json             seeds, sizes, stage timings, paths
+    OUT/demo.json             seeds, sizes, stage timings, paths, the benchmark's 5-seed table
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = DEFAULT_SIZE
              design: str = DEFAULT_DESIGN, losses: Sequence[str] = DEFAULT_LOSSES,
              calibrations: Sequence[str] = DEFAULT_CALIBRATIONS, recipe: str | os.PathLike | None = None,
              overrides: Sequence[str] = (), progress: bool = True) -> dict:
-    """Run the four demo stages into ``output``; return the summary also written to ``output/demo.json``."""
+    """Run the five demo stages into ``output``; return the summary also written to ``output/demo.json``."""
     if size not in SIZE_OVERRIDES:
         raise ValueError(f"size must be one of {sorted(SIZE_OVERRIDES)}, got {size!r}")
     if len(set(losses)) != len(losses) or not losses:
@@ -205,11 +205,17 @@ def run_demo(output: str | os.PathLike = "fpr_demo", *, size: str = DEFAULT_SIZE
         "paths": {"data": str(out / "data"), "runs": {loss: str(out / "runs" / loss) for loss in losses},
                   "models": {loss: str(path) for loss, path in models.items()}, "report": str(out / "report")},
     }
+    from fpr_plugin.benchmark_reference import format_reference, load_reference
+
+    reference = load_reference(design, size)
+    summary["benchmark_reference"] = None if reference is None else format_reference(reference, losses)
     text = json.dumps(summary, indent=2) + "\n"
     atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     report_md = out / "report" / "report.md"
     if report_md.is_file():
         print("\n" + report_md.read_text(), flush=True)
+    print("\n" + (summary["benchmark_reference"] or f"(no 5-seed benchmark figures for design {design} at size "
+                                                   f"{size}: bench/fairness_synthetic.py measures them)"), flush=True)
     print(f"demo finished in {timings['total_s']:.0f} s; report in {out / 'report'}", flush=True)
     return summary
 

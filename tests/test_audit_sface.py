@@ -32,3 +32,28 @@ def test_table_has_one_line_per_fpr():
     assert table[0] == "| f | threshold | A | B | std/f |"
     assert table[2].startswith("| 1e-04 | not measurable (< 1/5000) |")
     assert table[3] == "| 1e-02 | 0.5123 | 0.50 f (90.0 %) | 1.50 f (80.0 %)* | 0.71 |"
+
+
+def _seed_run(std_raw, std_cal, dense_raw):
+    def rows(std, dense):
+        return [{"target_fpr": 1e-3, "measurable": True, "threshold": 0.5, "std_over_f": std,
+                 "groups": {"A": {"fpr_over_f": 0.5, "tpr": 0.9}, "Dense": {"fpr_over_f": dense, "tpr": 0.6}}},
+                {"target_fpr": 1e-4, "measurable": False, "n_impostor": 10}]
+    return {"models": {"sface": {"dense-dense": {"dense": rows(std_raw, dense_raw)}},
+                       "sface+faircal": {"dense-dense": {"dense": rows(std_cal, dense_raw - 0.1)}}}}
+
+
+def test_over_seeds_means_intervals_and_paired_calibration_change():
+    import math
+
+    runs = [_seed_run(1.3, 1.2, 3.0), _seed_run(1.4, 1.25, 3.2), _seed_run(1.2, 1.15, 2.9)]
+    out = audit.over_seeds(runs)
+    raw, cal = out["sface"]["dense-dense dense"], out["sface+faircal"]["dense-dense dense"]
+    assert set(raw) == {"0.001"}  # 1e-4 is not measurable on every seed: left out
+    deltas = [-0.1, -0.15, -0.05]
+    mean = sum(deltas) / 3
+    half = 4.302652729911275 * math.sqrt(sum((d - mean) ** 2 for d in deltas) / 2) / math.sqrt(3)
+    assert cal["0.001"]["delta_std_over_f_vs_raw"] == pytest.approx([mean, half, 3])
+    assert raw["0.001"]["delta_std_over_f_vs_raw"] is None
+    assert raw["0.001"]["group_fpr_over_f"]["Dense"][0] == pytest.approx((3.0 + 3.2 + 2.9) / 3)
+    assert raw["0.001"]["std_over_f"][2] == 3 and math.isnan(audit._mean_ci([1.0])[1])
