@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import fairness_synthetic as fs  # noqa: E402 - the benchmark's own statistics (mean_ci)
 FPRS = (1e-4, 1e-3, 1e-2)
 SFACE = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_INPUT = {"input_mean": 0.0, "input_std": 1.0, "input_color": "rgb"}
@@ -148,15 +149,8 @@ def audit_seed(model: Path, seed: int, size: str, design: str, work: Path) -> di
 
 
 def _mean_ci(values: list[float]) -> list[float]:
-    """``[mean, half-width of the 95 % t-interval, n]`` (half-width nan for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return [mean, math.nan, n]
-    from scipy.stats import t
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return [mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n]
+    """``[mean, half-width of the 95 % t-interval, n]``: the fairness benchmark's statistic (nan for one value)."""
+    return list(fs.mean_ci(values))
 
 
 def over_seeds(runs: list[dict]) -> dict:

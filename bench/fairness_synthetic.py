@@ -417,9 +417,11 @@ def print_tables(results: list[dict], design: str, size: str, groups: list[str])
                          fmt_ci(_paired(results, m, lambda r: _summary(r, key, "std_over_f"))),
                          fmt_ci(_paired(results, m, lambda r: _summary(r, key, "max_min_ratio"))),
                          fmt_ci(_paired(results, m, lambda r: _summary(r, key, "gini"))),
-                         fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["identity_fpr_over_f_all"]["std"]))])
+                         fmt_ci(_paired(results, m, lambda r: r["at_fpr"][key]["identity_fpr_over_f_all"]["std"])),
+                         " ".join("n/a" if v is None else f"{v:+.2f}"
+                                  for v in _paired(results, m, lambda r: _summary(r, key, "std_over_f")))])
         _table(["method", "Δ TPR", f"Δ FPR/f {hard}", f"Δ TPR {hard}", "Δ std/f", "Δ max/min", "Δ Gini",
-                "Δ identity FPR/f std"], rows)
+                "Δ identity FPR/f std", "Δ std/f per seed"], rows)
     print("\n### training, last epoch (metrics.jsonl): loss, T_u, instance FPR / gamma_u and share above T_u per "
           "group, of the class-weight signal and (where measured: CosFace, the pair form) of the impostor-pair signal\n")
     rows = []
